@@ -1,0 +1,97 @@
+"""Anchors: the base boxes of one feature cell and their shifts over a feature-map grid."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def generate_anchors(
+    base_size: int = 16,
+    ratios: Sequence[float] = (0.5, 1, 2),
+    scales: Sequence[float] = (8, 16, 32),
+) -> Tensor:
+    """The A = len(ratios) * len(scales) base anchors (A, 4) of one cell, ratio-major.
+
+    From the box (0, 0, base_size - 1, base_size - 1): for each ratio r keep the area with
+    w = round(sqrt(area / r)), h = round(w * r) (half to even), then scale w and h by each s,
+    all about the base box's centre, in the legacy "+1" pixel convention.
+    """
+    size = float(base_size)
+    center = 0.5 * (size - 1)
+    anchors = []
+    for ratio in ratios:
+        w = float(round(math.sqrt(size * size / ratio)))
+        h = float(round(w * ratio))
+        for scale in scales:
+            half_w, half_h = 0.5 * (w * scale - 1), 0.5 * (h * scale - 1)
+            anchors.append((center - half_w, center - half_h, center + half_w, center + half_h))
+    return torch.tensor(anchors, dtype=torch.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class AnchorGrid:
+    """The anchors of one feature level: base anchors (A, 4) shifted by ``stride`` over H x W cells.
+
+    Anchor n = (y * W + x) * A + a is ``base[a] + stride * (x, y, x, y)``. The grid keeps that
+    structure, which the anchor target layer exploits: an anchor's x extent depends on (x, a)
+    only and its y extent on (y, a) only.
+    """
+
+    base: Tensor
+    height: int
+    width: int
+    stride: int
+    boxes: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        shape = (self.height, self.width, self.num_base)
+        xs = self.x_intervals()[None].expand(*shape, 2)
+        ys = self.y_intervals()[:, None].expand(*shape, 2)
+        corners = torch.stack((xs[..., 0], ys[..., 0], xs[..., 1], ys[..., 1]), dim=-1)
+        object.__setattr__(self, "boxes", corners.reshape(-1, 4))
+
+    @property
+    def num_base(self) -> int:
+        return self.base.shape[0]
+
+    @property
+    def num_anchors(self) -> int:
+        return self.height * self.width * self.num_base
+
+    def x_intervals(self) -> Tensor:
+        """(W, A, 2): the (x1, x2) extent of every anchor of column x."""
+        shifts = torch.arange(self.width, device=self.base.device, dtype=self.base.dtype) * self.stride
+        return self.base[None, :, 0::2] + shifts[:, None, None]
+
+    def y_intervals(self) -> Tensor:
+        """(H, A, 2): the (y1, y2) extent of every anchor of row y."""
+        shifts = torch.arange(self.height, device=self.base.device, dtype=self.base.dtype) * self.stride
+        return self.base[None, :, 1::2] + shifts[:, None, None]
+
+
+@lru_cache(maxsize=64)
+def _cached_grid(base: tuple, height: int, width: int, stride: int, device: torch.device,
+                 dtype: torch.dtype) -> AnchorGrid:
+    return AnchorGrid(torch.tensor(base, device=device, dtype=dtype), height, width, stride)
+
+
+def grid_anchors(base: Tensor, height: int, width: int, stride: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> AnchorGrid:
+    """The ``AnchorGrid`` of base anchors (A, 4) over H x W cells, cached per
+    (base, H, W, stride, device, dtype) so that a training step does not rebuild it.
+
+    ``base`` is read on the host (keep it a CPU tensor, as ``generate_anchors`` returns it).
+    """
+    device = torch.device(device)
+    key = tuple(tuple(float(v) for v in row) for row in base.tolist())
+    return _cached_grid(key, int(height), int(width), int(stride), device, dtype)
+
+
+def concat_anchors(levels: Sequence[AnchorGrid]) -> Tensor:
+    """All anchors of several levels (N, 4), level-major (the FPN order)."""
+    return torch.cat([level.boxes for level in levels], dim=0)

@@ -1,0 +1,112 @@
+"""Box operations on (x1, y1, x2, y2) corners.
+
+Two pixel conventions are supported through ``plus_one``:
+
+* continuous (``plus_one=False``, torchvision / detectron2): width = x2 - x1;
+* legacy (``plus_one=True``, Caffe Faster R-CNN): boxes hold inclusive pixel indices,
+  width = x2 - x1 + 1.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torchvision
+from torch import Tensor
+
+# Decoded widths and heights are clamped at exp(this) times the reference's size, so a wild
+# dw/dh prediction early in training cannot overflow exp().
+BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+
+
+def box_size(boxes: Tensor, plus_one: bool = False) -> tuple[Tensor, Tensor]:
+    """Widths and heights of boxes (..., 4): two tensors (...)."""
+    offset = 1.0 if plus_one else 0.0
+    return boxes[..., 2] - boxes[..., 0] + offset, boxes[..., 3] - boxes[..., 1] + offset
+
+
+def box_area(boxes: Tensor, plus_one: bool = False) -> Tensor:
+    """Areas of boxes (..., 4) -> (...)."""
+    widths, heights = box_size(boxes, plus_one)
+    return widths * heights
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor, plus_one: bool = False) -> Tensor:
+    """Pairwise IoU of boxes1 (..., N, 4) and boxes2 (..., M, 4) -> (..., N, M).
+
+    Leading dimensions broadcast, so (B, N, 4) against (B, M, 4) gives one (N, M) matrix per
+    image. The continuous 2-D case is torchvision's ``box_iou``.
+    """
+    if not plus_one and boxes1.dim() == 2 and boxes2.dim() == 2:
+        return torchvision.ops.box_iou(boxes1, boxes2)
+    offset = 1.0 if plus_one else 0.0
+    a = boxes1[..., :, None, :]
+    b = boxes2[..., None, :, :]
+    widths = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0]) + offset).clamp(min=0)
+    heights = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1]) + offset).clamp(min=0)
+    inter = widths * heights
+    union = box_area(boxes1, plus_one)[..., :, None] + box_area(boxes2, plus_one)[..., None, :] - inter
+    return inter / union
+
+
+def _centers_and_sizes(boxes: Tensor, plus_one: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    widths, heights = box_size(boxes, plus_one)
+    return boxes[..., 0] + 0.5 * widths, boxes[..., 1] + 0.5 * heights, widths, heights
+
+
+def encode_boxes(
+    reference: Tensor,
+    target: Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+    plus_one: bool = False,
+) -> Tensor:
+    """Regression deltas (..., 4) that move reference boxes (..., 4) onto target boxes (..., 4).
+
+    dx = wx (tx - rx) / rw, dy = wy (ty - ry) / rh, dw = ww log(tw / rw), dh = wh log(th / rh),
+    with centres x1 + w / 2 and sizes by the chosen pixel convention.
+    """
+    rx, ry, rw, rh = _centers_and_sizes(reference, plus_one)
+    tx, ty, tw, th = _centers_and_sizes(target, plus_one)
+    wx, wy, ww, wh = weights
+    return torch.stack(
+        (wx * (tx - rx) / rw, wy * (ty - ry) / rh, ww * torch.log(tw / rw), wh * torch.log(th / rh)),
+        dim=-1,
+    )
+
+
+def decode_boxes(
+    deltas: Tensor,
+    reference: Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+    plus_one: bool = False,
+) -> Tensor:
+    """Boxes (..., 4) obtained by applying deltas (..., 4) to reference boxes (..., 4).
+
+    The inverse of ``encode_boxes``; dw and dh are clamped at log(1000 / 16).
+    """
+    rx, ry, rw, rh = _centers_and_sizes(reference, plus_one)
+    wx, wy, ww, wh = weights
+    cx = deltas[..., 0] / wx * rw + rx
+    cy = deltas[..., 1] / wy * rh + ry
+    w = torch.exp((deltas[..., 2] / ww).clamp(max=BBOX_XFORM_CLIP)) * rw
+    h = torch.exp((deltas[..., 3] / wh).clamp(max=BBOX_XFORM_CLIP)) * rh
+    offset = 1.0 if plus_one else 0.0
+    x1 = cx - 0.5 * w
+    y1 = cy - 0.5 * h
+    return torch.stack((x1, y1, x1 + w - offset, y1 + h - offset), dim=-1)
+
+
+def clip_boxes(boxes: Tensor, image_sizes: Tensor, plus_one: bool = False) -> Tensor:
+    """Clip boxes (B, N, 4) to per-image sizes (B, 2) given as (height, width).
+
+    Legacy boxes are clipped to pixel indices [0, size - 1], continuous ones to [0, size].
+    """
+    offset = 1.0 if plus_one else 0.0
+    heights = (image_sizes[:, 0] - offset)[:, None]
+    widths = (image_sizes[:, 1] - offset)[:, None]
+    zero = torch.zeros_like(widths)
+    x1 = boxes[..., 0].clamp(min=zero, max=widths)
+    y1 = boxes[..., 1].clamp(min=zero, max=heights)
+    x2 = boxes[..., 2].clamp(min=zero, max=widths)
+    y2 = boxes[..., 3].clamp(min=zero, max=heights)
+    return torch.stack((x1, y1, x2, y2), dim=-1)
