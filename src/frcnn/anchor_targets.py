@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, fields, replace
-from typing import NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -76,9 +77,9 @@ class AnchorTargetConfig:
             if not (isinstance(value, Sequence) and len(value) == 4
                     and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)):
                 raise ValueError(f"AnchorTargetConfig.{name} must be 4 finite numbers, got {value!r}")
+            if name == "bbox_weights" and 0 in value:
+                raise ValueError(f"AnchorTargetConfig.bbox_weights must be non-zero, got {value!r}")
             object.__setattr__(self, name, tuple(float(v) for v in value))
-        if 0.0 in self.bbox_weights:
-            raise ValueError(f"AnchorTargetConfig.bbox_weights must be non-zero, got {self.bbox_weights!r}")
         if self.allowed_border is not None and not (
                 isinstance(self.allowed_border, (int, float)) and math.isfinite(self.allowed_border)):
             raise ValueError(f"AnchorTargetConfig.allowed_border must be a finite number or None, "
@@ -115,176 +116,269 @@ class AnchorTargets(NamedTuple):
 
 
 class _Level(NamedTuple):
-    """A set of anchors whose x and y extents broadcast against each other.
+    """Anchors as base shapes shifted over rows and columns: anchor (a, y, x) spans x[a, x] by y[a, y].
 
-    A grid level has x (1, W, A, 2), y (H, 1, A, 2) and area (1, 1, A); a plain (N, 4) tensor
-    has x (N, 2), y (N, 2) and area (N,). Chunks are taken along the first dimension.
+    A grid level has A base shapes over H rows and W columns. A plain (N, 4) tensor is the
+    degenerate grid A = N, H = W = 1. Intermediates are laid out (B, A, K, H, W), K the boxes.
     """
 
-    x: Tensor
-    y: Tensor
-    area: Tensor
-    separable: bool
+    y: Tensor     # (A, H, 2) extents (y1, y2)
+    x: Tensor     # (A, W, 2) extents (x1, x2)
+    area: Tensor  # (A,)
 
     @property
-    def rows(self) -> int:
-        return max(self.x.shape[0], self.y.shape[0])
+    def shape(self) -> tuple[int, int, int]:
+        return self.y.shape[0], self.y.shape[1], self.x.shape[1]
 
-    @property
-    def row_size(self) -> int:
-        return self.area.shape[1:].numel() if self.separable else 1
 
-    def chunk(self, start: int, stop: int) -> "_Level":
-        def rows(t: Tensor) -> Tensor:
-            return t if t.shape[0] == 1 else t[start:stop]
-        return _Level(rows(self.x), rows(self.y), rows(self.area), self.separable)
+def _grids(anchors: Anchors) -> list[AnchorGrid] | None:
+    if isinstance(anchors, Tensor):
+        return None
+    return [anchors] if isinstance(anchors, AnchorGrid) else list(anchors)
 
 
 def _levels(anchors: Anchors, dtype: torch.dtype, offset: float) -> list[_Level]:
-    if isinstance(anchors, Tensor):
-        boxes = anchors.to(dtype)
-        x, y = boxes[:, 0::2], boxes[:, 1::2]
-        area = (x[:, 1] - x[:, 0] + offset) * (y[:, 1] - y[:, 0] + offset)
-        return [_Level(x, y, area, separable=False)]
-    grids = [anchors] if isinstance(anchors, AnchorGrid) else list(anchors)
-    levels = []
-    for grid in grids:
-        base = grid.base.to(dtype)
-        area = (base[:, 2] - base[:, 0] + offset) * (base[:, 3] - base[:, 1] + offset)
-        levels.append(_Level(grid.x_intervals().to(dtype)[None], grid.y_intervals().to(dtype)[:, None],
-                             area[None, None], separable=True))
-    return levels
+    grids = _grids(anchors)
+    if grids is None:
+        boxes = anchors.to(dtype)[:, None, :]
+        extents = [(boxes[..., 1::2], boxes[..., 0::2], boxes[:, 0])]
+    else:
+        extents = [(grid.y_intervals().to(dtype).transpose(0, 1), grid.x_intervals().to(dtype).transpose(0, 1),
+                    grid.base.to(dtype)) for grid in grids]
+    return [_Level(y, x, (base[:, 2] - base[:, 0] + offset) * (base[:, 3] - base[:, 1] + offset))
+            for y, x, base in extents]
 
 
 def _anchor_boxes(anchors: Anchors) -> Tensor:
-    if isinstance(anchors, Tensor):
+    grids = _grids(anchors)
+    if grids is None:
         return anchors
-    grids = [anchors] if isinstance(anchors, AnchorGrid) else list(anchors)
-    return torch.cat([grid.boxes for grid in grids])
+    return grids[0].boxes if len(grids) == 1 else torch.cat([grid.boxes for grid in grids])
 
 
-def _overlap(intervals: Tensor, box_lo: Tensor, box_hi: Tensor, offset: float) -> Tensor:
-    """Overlap length of anchor intervals (*S, 2) with box intervals (B, K) -> (B, K, *S)."""
-    view = (*box_lo.shape, *([1] * (intervals.dim() - 1)))
-    hi = torch.minimum(intervals[..., 1], box_hi.view(view))
-    lo = torch.maximum(intervals[..., 0], box_lo.view(view))
-    return (hi - lo + offset).clamp_(min=0)
+def _axis_overlap(extents: Tensor, lo: Tensor, hi: Tensor, offset: float) -> Tensor:
+    """Overlap lengths of anchor extents (A, L, 2) with box extents lo, hi (B, K) -> (B, A, K, L)."""
+    ends = extents[:, None]  # (A, 1, L, 2)
+    box_lo, box_hi = lo[:, None, :, None], hi[:, None, :, None]
+    return (torch.minimum(ends[..., 1], box_hi) - torch.maximum(ends[..., 0], box_lo) + offset).clamp_(min=0)
 
 
-def _inside(intervals: Tensor, limit: Tensor, border: float | None) -> Tensor:
-    """Whether anchor intervals (*S, 2) lie within [-border, limit + border) per image: (B, *S)."""
+def _axis_inside(extents: Tensor, limit: Tensor, border: float | None) -> Tensor:
+    """Whether anchor extents (A, L, 2) lie in [-border, limit + border) per image -> (B, A, 1, L)."""
     if border is None:
-        return torch.ones((limit.shape[0], *intervals.shape[:-1]), dtype=torch.bool, device=limit.device)
-    view = (limit.shape[0], *([1] * (intervals.dim() - 1)))
-    return (intervals[..., 0] >= -border) & (intervals[..., 1] < limit.view(view) + border)
+        return torch.ones((limit.shape[0], extents.shape[0], 1, extents.shape[1]), dtype=torch.bool,
+                          device=limit.device)
+    ends = extents[None, :, None]  # (1, A, 1, L, 2)
+    return (ends[..., 0] >= -border) & (ends[..., 1] < limit[:, None, None, None] + border)
 
 
-class _Overlaps(NamedTuple):
-    """Intersections of one chunk of anchors with a set of boxes, factored by axis."""
+class _AxisOverlaps(NamedTuple):
+    """Intersections of anchors (a, y, x) with boxes k, which factor as heights[y] * widths[x]."""
 
-    widths: Tensor   # (B, K, *x shape), zero for invalid boxes and outside anchors
-    heights: Tensor  # (B, K, *y shape)
-    inside: Tensor   # (B, *chunk shape)
-
-
-def _chunk_overlaps(level: _Level, boxes: Tensor, valid: Tensor, im_info: Tensor,
-                    border: float | None, offset: float) -> _Overlaps:
-    inside_x = _inside(level.x, im_info[:, 1], border)
-    inside_y = _inside(level.y, im_info[:, 0], border)
-    widths = _overlap(level.x, boxes[..., 0], boxes[..., 2], offset)
-    heights = _overlap(level.y, boxes[..., 1], boxes[..., 3], offset)
-    mask_view = (*valid.shape, *([1] * (level.x.dim() - 1)))
-    widths = widths * (valid.view(mask_view) & inside_x[:, None])
-    heights = heights * inside_y[:, None]
-    return _Overlaps(widths, heights, inside_x & inside_y)
+    heights: Tensor  # (B, A, K, H), zero for rows outside the image
+    widths: Tensor   # (B, A, K, W), zero for columns outside the image and for invalid boxes
+    inside: Tensor   # (B, A, H, W)
 
 
-def _area_sum(anchor_area: Tensor, box_area: Tensor) -> Tensor:
-    """Anchor areas (*S) plus box areas (B, K) -> (B, K, *S)."""
-    return anchor_area + box_area.view(*box_area.shape, *([1] * anchor_area.dim()))
+def _axis_overlaps(level: _Level, boxes: Tensor, valid: Tensor, im_info: Tensor, border: float | None,
+                   offset: float) -> _AxisOverlaps:
+    inside_y = _axis_inside(level.y, im_info[:, 0], border)
+    inside_x = _axis_inside(level.x, im_info[:, 1], border)
+    heights = _axis_overlap(level.y, boxes[..., 1], boxes[..., 3], offset) * inside_y
+    widths = _axis_overlap(level.x, boxes[..., 0], boxes[..., 2], offset) * (inside_x & valid[:, None, :, None])
+    # Contiguous (B, A, K, L) factors make every (B, A, K, H, W) product contiguous in that order.
+    return _AxisOverlaps(heights.contiguous(), widths.contiguous(), inside_y[:, :, 0, :, None] & inside_x[:, :, 0, None, :])
 
 
-def _iou(inter: Tensor, union_plus_inter: Tensor) -> Tensor:
-    # One formula for the one-shot, chunked and separable paths, so that equal IoUs stay equal.
-    return inter / (union_plus_inter - inter)
+def _sub_level(level: _Level, start: int, stop: int) -> _Level:
+    return _Level(level.y[start:stop], level.x[start:stop], level.area[start:stop])
 
 
-def _chunks(level: _Level, batch: int, num_boxes: int, element_bytes: int, budget: int):
-    """Row ranges of ``level`` whose (B, K, chunk) intermediates fit in ``budget`` bytes."""
-    # About three live (B, K, chunk) tensors: intersections, IoUs and the tie mask.
-    per_row = 3 * batch * num_boxes * level.row_size * element_bytes
-    step = max(1, budget // max(per_row, 1))
-    return [(start, min(start + step, level.rows)) for start in range(0, level.rows, step)]
+def _iou(inter: Tensor, area_sum: Tensor) -> Tensor:
+    # The one IoU formula of every path, so that equal IoUs compare equal wherever computed.
+    return inter / (area_sum - inter)
 
 
-def _gt_max_iou(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
-                config: AnchorTargetConfig, offset: float) -> Tensor:
-    """Each gt's best IoU over the taking-part anchors: (B, K)."""
-    gt_area = ((gt[..., 2] - gt[..., 0] + offset) * (gt[..., 3] - gt[..., 1] + offset))
-    best = torch.zeros_like(gt_area)
-    batch, num_gt = gt_area.shape
-    for level in levels:
-        if level.separable:
-            # On a grid the intersection is width(x, a) * height(y, a), and IoU grows with it for a
-            # fixed (gt, a), so the best anchor of each base shape needs only the two axis maxima.
-            ov = _chunk_overlaps(level, gt, valid, im_info, config.allowed_border, offset)
-            inter = ov.widths.flatten(2, 3).amax(2) * ov.heights.flatten(2, 3).amax(2)  # (B, K, A)
-            level_best = _iou(inter, level.area[0, 0] + gt_area[..., None]).amax(2)
-            best = torch.maximum(best, level_best)
-            continue
-        for start, stop in _chunks(level, batch, num_gt, gt.element_size(), config.working_set_bytes):
-            part = level.chunk(start, stop)
-            ov = _chunk_overlaps(part, gt, valid, im_info, config.allowed_border, offset)
-            iou = _iou(ov.widths * ov.heights, _area_sum(part.area, gt_area))
-            best = torch.maximum(best, iou.amax(2))
-    return best
+def _split(total: int, step: int) -> list[tuple[int, int]]:
+    return [(start, min(start + step, total)) for start in range(0, total, step)]
+
+
+def _axis_bytes(level: _Level, batch: int, num_boxes: int, element_bytes: int) -> int:
+    num_base, height, width = level.shape
+    return 2 * batch * num_base * num_boxes * (height + width) * element_bytes
+
+
+def _plan(level: _Level, batch: int, num_boxes: int, element_bytes: int, budget: int):
+    """Chunks (base-shape range, row range) whose intermediates fit in ``budget`` bytes."""
+    num_base, height, width = level.shape
+    # About two live (B, a, K, h, W) tensors per element: the ratios, plus the smaller tie codes.
+    row_bytes = 2 * batch * num_boxes * width * element_bytes
+    axis_bytes = _axis_bytes(level, batch, num_boxes, element_bytes) // num_base
+    base_step = max(1, min(num_base, budget // max(row_bytes * height, axis_bytes, 1)))
+    row_step = height if base_step > 1 else max(1, min(height, budget // row_bytes))
+    return [(shapes, rows) for shapes in _split(num_base, base_step) for rows in _split(height, row_step)]
+
+
+def _best_per_shape(overlaps: _AxisOverlaps, area_sum: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The largest row and column overlaps (B, A, K) and the best IoU of each (image, shape, box).
+
+    Along a base shape the intersection is height[y] * width[x] and IoU grows with it, so the best
+    anchor of each shape needs only the two axis maxima.
+    """
+    max_height = overlaps.heights.amax(dim=3)
+    max_width = overlaps.widths.amax(dim=3)
+    return max_height, max_width, _iou(max_height * max_width, area_sum)
+
+
+def _smallest_int_dtype(largest: int) -> torch.dtype:
+    return torch.uint8 if largest < 2**8 else torch.int16 if largest < 2**15 else torch.int32
+
+
+_scratch_buffers = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    """A reusable CPU buffer for one dense intermediate, or None where the allocator does better.
+
+    The CPU allocator hands large blocks back to the system, and faulting a fresh 14 MB block in
+    again costs several times the arithmetic done in it; the CUDA caching allocator (and a
+    compiled graph) need no such help. Bounded by the working-set budget of the chunk plan.
+    """
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    buffers = _scratch_buffers.__dict__
+    numel = math.prod(shape)
+    buffer = buffers.get((name, dtype))
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
+    return buffer[:numel].view(shape)
+
+
+def _first_argmax(values: Tensor, dim: int) -> Tensor:
+    """The lowest index reaching the maximum along ``dim`` (kept as size 1)."""
+    size = values.shape[dim]
+    # Integer max-reductions are fast where index-returning ones are not: code index k as size - k.
+    view = [1] * values.dim()
+    view[dim] = size
+    code_dtype = _smallest_int_dtype(size)
+    descending = torch.arange(size, 0, -1, device=values.device).to(code_dtype).view(view)
+    ties = torch.ge(values, values.amax(dim=dim, keepdim=True),
+                    out=_scratch("ties", values.shape, torch.bool, values.device))
+    codes = torch.mul(ties, descending, out=_scratch("codes", values.shape, code_dtype, values.device))
+    return size - codes.amax(dim=dim, keepdim=True).long()
+
+
+class _ShapeChunk(NamedTuple):
+    start: int
+    stop: int
+    overlaps: _AxisOverlaps
+    area_sum: Tensor  # (B, a, K) anchor area + box area
 
 
 class _Match(NamedTuple):
-    max_iou: Tensor         # (B, N)
-    argmax_gt: Tensor       # (B, N) lowest gt index reaching max_iou
-    low_quality_gt: Tensor  # (B, N) highest eligible gt whose best anchor this is, else -1
-    inside: Tensor          # (B, N)
+    max_iou: Tensor      # (B, N)
+    target_gt: Tensor    # (B, N) the lowest gt reaching max_iou, or with low_quality_reassign the
+                         # highest gt whose best anchor this is
+    low_quality: Tensor  # (B, N) bool: the best anchor of some eligible gt
+    inside: Tensor       # (B, N)
 
 
 def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
            config: AnchorTargetConfig, offset: float) -> _Match:
+    """Per-anchor best gt, IoU and low-quality match, chunked to the working-set budget."""
     batch, num_gt = valid.shape
-    gt_area = ((gt[..., 2] - gt[..., 0] + offset) * (gt[..., 3] - gt[..., 1] + offset))
+    gt_area = (gt[..., 2] - gt[..., 0] + offset) * (gt[..., 3] - gt[..., 1] + offset)
+    plans = [_plan(level, batch, num_gt, gt.element_size(), config.working_set_bytes) for level in levels]
+
+    def shape_chunks(level: _Level, plan: list) -> Iterator[_ShapeChunk]:
+        for start, stop in dict.fromkeys(shapes for shapes, _ in plan):
+            part = _sub_level(level, start, stop)
+            overlaps = _axis_overlaps(part, gt, valid, im_info, config.allowed_border, offset)
+            yield _ShapeChunk(start, stop, overlaps, part.area[None, :, None] + gt_area[:, None, :])
+
+    # Axis overlaps are small on a grid: keep them for both sweeps when they fit the budget.
+    chunk_lists = [list(shape_chunks(level, plan))
+                   if _axis_bytes(level, batch, num_gt, gt.element_size()) <= config.working_set_bytes // 2
+                   else None for level, plan in zip(levels, plans)]
+
+    def chunks(index: int) -> Iterable[_ShapeChunk]:
+        return chunk_lists[index] or shape_chunks(levels[index], plans[index])
+
+    # Each gt's best IoU over all taking-part anchors (B, K); NaN where it makes no low-quality match.
+    gt_best = torch.zeros_like(gt_area)
     if config.low_quality_matches:
-        gt_best = _gt_max_iou(levels, gt, valid, im_info, config, offset)
+        for index in range(len(levels)):
+            for chunk in chunks(index):
+                gt_best = torch.maximum(gt_best, _best_per_shape(chunk.overlaps, chunk.area_sum)[2].amax(dim=1))
         eligible = valid & (gt_best > 0) & (gt_best >= config.min_positive_overlap)
-        # NaN never compares equal, so ineligible gts make no low-quality match.
         gt_best = torch.where(eligible, gt_best, torch.full_like(gt_best, math.nan))
-        gt_rank = torch.arange(1, num_gt + 1, device=gt.device, dtype=torch.int32)
-    results: list[tuple[Tensor, ...]] = []
-    for level in levels:
-        for start, stop in _chunks(level, batch, num_gt, gt.element_size(), config.working_set_bytes):
-            part = level.chunk(start, stop)
-            ov = _chunk_overlaps(part, gt, valid, im_info, config.allowed_border, offset)
-            iou = _iou(ov.widths * ov.heights, _area_sum(part.area, gt_area)).flatten(2)
-            max_iou, argmax_gt = iou.max(dim=1)
+
+    gt_code = torch.arange(1, num_gt + 1, device=gt.device).to(_smallest_int_dtype(num_gt + 1))
+    outputs = []
+    for index, level in enumerate(levels):
+        num_base, height, width = level.shape
+        # (B, H, W, A) buffers, written through (B, A, H, W) views: anchor order without a copy.
+        buffers = (gt.new_empty(batch, height, width, num_base),
+                   torch.empty((batch, height, width, num_base), dtype=torch.long, device=gt.device),
+                   torch.zeros((batch, height, width, num_base), dtype=torch.bool, device=gt.device),
+                   torch.empty((batch, height, width, num_base), dtype=torch.bool, device=gt.device))
+        outputs.append([t.view(batch, -1) for t in buffers])
+        max_iou, target_gt, low_quality, inside = (t.permute(0, 3, 1, 2) for t in buffers)
+        for chunk in chunks(index):
+            shapes = slice(chunk.start, chunk.stop)
+            heights_all, widths = chunk.overlaps.heights, chunk.overlaps.widths
+            inside[:, shapes] = chunk.overlaps.inside
             if config.low_quality_matches:
-                hits = iou == gt_best[:, :, None]
-                hit_rank = torch.where(hits, gt_rank[None, :, None], 0).amax(dim=1)
-                low_quality_gt = hit_rank.long() - 1
-            else:
-                low_quality_gt = torch.full_like(argmax_gt, -1)
-            results.append((max_iou, argmax_gt, low_quality_gt, ov.inside.reshape(batch, -1)))
-    return _Match(*(torch.cat(parts, dim=1) for parts in zip(*results)))
+                max_height, max_width, shape_best = _best_per_shape(chunk.overlaps, chunk.area_sum)
+                # Anchor (a, y, x) is a low-quality match of gt k when shape a reaches k's best IoU
+                # and both its row and its column overlaps with k are shape a's largest.
+                column_hits = (widths == max_width[..., None]) & (shape_best == gt_best[:, None, :])[..., None]
+            for (start, _), (top, bottom) in plans[index]:
+                if start != chunk.start:
+                    continue
+                rows = slice(top, bottom)
+                heights = heights_all[..., rows]                                   # (B, a, K, h)
+                shape = (*heights.shape, widths.shape[-1])                         # (B, a, K, h, W)
+                ratio = torch.mul(heights[..., :, None], widths[..., None, :],
+                                  out=_scratch("ratio", shape, gt.dtype, gt.device))
+                # IoU = I / (S - I) grows with I / S, which takes one division fewer to rank.
+                best_gt = _first_argmax(ratio.div_(chunk.area_sum[..., None, None]), dim=2)
+                full = ratio.shape
+                inter = (torch.gather(heights[..., None].expand(full), 2, best_gt)
+                         * torch.gather(widths[..., None, :].expand(full), 2, best_gt))
+                best_area_sum = torch.gather(chunk.area_sum[..., None, None].expand(full), 2, best_gt)
+                max_iou[:, shapes, rows] = _iou(inter, best_area_sum)[:, :, 0]
+                if not config.low_quality_matches:
+                    target_gt[:, shapes, rows] = best_gt[:, :, 0]
+                    continue
+                row_hits = heights == max_height[..., None]
+                # Any (row hit and column hit) over k: a 0/1 matrix product, exact in floating point.
+                hit_counts = torch.matmul(row_hits.transpose(-1, -2).to(gt.dtype), column_hits.to(gt.dtype))
+                low_quality[:, shapes, rows] = hit_counts > 0
+                if config.low_quality_reassign:
+                    codes = row_hits[..., :, None] * torch.where(column_hits, gt_code[:, None], 0)[..., None, :]
+                    best_gt = torch.where(hit_counts[:, :, None] > 0, codes.amax(dim=2, keepdim=True).long() - 1,
+                                          best_gt)
+                target_gt[:, shapes, rows] = best_gt[:, :, 0]
+    return _Match(*(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) for parts in zip(*outputs)))
 
 
 def _max_ioa(levels: list[_Level], boxes: Tensor, valid: Tensor, im_info: Tensor,
              config: AnchorTargetConfig, offset: float) -> Tensor:
     """Per anchor, the largest fraction of its area covered by one valid box: (B, N)."""
     batch, num_boxes = valid.shape
-    parts = []
+    outputs = []
     for level in levels:
-        for start, stop in _chunks(level, batch, num_boxes, boxes.element_size(), config.working_set_bytes):
-            part = level.chunk(start, stop)
-            ov = _chunk_overlaps(part, boxes, valid, im_info, config.allowed_border, offset)
-            parts.append(((ov.widths * ov.heights) / part.area).flatten(2).amax(dim=1))
-    return torch.cat(parts, dim=1)
+        num_base, height, width = level.shape
+        ioa = boxes.new_empty(batch, num_base, height, width)
+        for (start, stop), (top, bottom) in _plan(level, batch, num_boxes, boxes.element_size(),
+                                                  config.working_set_bytes):
+            overlaps = _axis_overlaps(_sub_level(level, start, stop), boxes, valid, im_info,
+                                      config.allowed_border, offset)
+            inter = overlaps.heights[..., top:bottom, None] * overlaps.widths[..., None, :]
+            ioa[:, start:stop, top:bottom] = (inter / level.area[start:stop, None, None, None]).amax(dim=2)
+        outputs.append(ioa.permute(0, 2, 3, 1).reshape(batch, -1))
+    return torch.cat(outputs, dim=1)
 
 
 def _label(match: _Match, has_gt: Tensor, config: AnchorTargetConfig) -> Tensor:
@@ -292,7 +386,7 @@ def _label(match: _Match, has_gt: Tensor, config: AnchorTargetConfig) -> Tensor:
     # An image without gt has every taking-part anchor negative, whatever negative_overlap is.
     max_iou = torch.where(has_gt[:, None], match.max_iou, torch.full_like(match.max_iou, -1.0))
     below = max_iou < config.negative_overlap
-    positive = (max_iou >= config.positive_overlap) | (match.low_quality_gt >= 0)
+    positive = (max_iou >= config.positive_overlap) | match.low_quality
     if config.clobber_positives:
         labels = torch.where(below, 0, torch.where(positive, 1, -1))
     else:
@@ -362,9 +456,7 @@ def compute_anchor_targets(
                                              config.fg_fraction, sample_keys)
         labels = torch.where(keep_pos, 1, torch.where(keep_neg, 0, -1))
 
-    target_gt = match.argmax_gt
-    if config.low_quality_reassign:
-        target_gt = torch.where(match.low_quality_gt >= 0, match.low_quality_gt, target_gt)
+    target_gt = match.target_gt
     boxes = _anchor_boxes(anchors).to(dtype)
     matched_boxes = torch.gather(gt, 1, target_gt[..., None].expand(-1, -1, 4))
     targets = encode_boxes(boxes[None], matched_boxes, config.bbox_weights, config.legacy_plus_one)

@@ -49,9 +49,12 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, plus_one: bool = False) -> Tensor:
     return inter / union
 
 
-def _centers_and_sizes(boxes: Tensor, plus_one: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    widths, heights = box_size(boxes, plus_one)
-    return boxes[..., 0] + 0.5 * widths, boxes[..., 1] + 0.5 * heights, widths, heights
+def _centers_and_sizes(boxes: Tensor, plus_one: bool) -> tuple[Tensor, Tensor]:
+    """Centres (..., 2) and sizes (..., 2) of boxes (..., 4): x1 + w / 2 and w, y likewise."""
+    sizes = boxes[..., 2:] - boxes[..., :2]
+    if plus_one:
+        sizes = sizes + 1.0
+    return boxes[..., :2] + 0.5 * sizes, sizes
 
 
 def encode_boxes(
@@ -65,13 +68,15 @@ def encode_boxes(
     dx = wx (tx - rx) / rw, dy = wy (ty - ry) / rh, dw = ww log(tw / rw), dh = wh log(th / rh),
     with centres x1 + w / 2 and sizes by the chosen pixel convention.
     """
-    rx, ry, rw, rh = _centers_and_sizes(reference, plus_one)
-    tx, ty, tw, th = _centers_and_sizes(target, plus_one)
-    wx, wy, ww, wh = weights
-    return torch.stack(
-        (wx * (tx - rx) / rw, wy * (ty - ry) / rh, ww * torch.log(tw / rw), wh * torch.log(th / rh)),
-        dim=-1,
-    )
+    reference_centers, reference_sizes = _centers_and_sizes(reference, plus_one)
+    target_centers, target_sizes = _centers_and_sizes(target, plus_one)
+    # The log is taken in double precision: eager and compiled single-precision logs differ in the
+    # last bit, and rounding a double log to single agrees with both.
+    log_ratio = torch.log((target_sizes / reference_sizes).double()).to(target_sizes.dtype)
+    deltas = torch.cat(((target_centers - reference_centers) / reference_sizes, log_ratio), dim=-1)
+    if weights != (1.0, 1.0, 1.0, 1.0):
+        deltas = deltas * deltas.new_tensor(weights)
+    return deltas
 
 
 def decode_boxes(
@@ -84,16 +89,16 @@ def decode_boxes(
 
     The inverse of ``encode_boxes``; dw and dh are clamped at log(1000 / 16).
     """
-    rx, ry, rw, rh = _centers_and_sizes(reference, plus_one)
-    wx, wy, ww, wh = weights
-    cx = deltas[..., 0] / wx * rw + rx
-    cy = deltas[..., 1] / wy * rh + ry
-    w = torch.exp((deltas[..., 2] / ww).clamp(max=BBOX_XFORM_CLIP)) * rw
-    h = torch.exp((deltas[..., 3] / wh).clamp(max=BBOX_XFORM_CLIP)) * rh
-    offset = 1.0 if plus_one else 0.0
-    x1 = cx - 0.5 * w
-    y1 = cy - 0.5 * h
-    return torch.stack((x1, y1, x1 + w - offset, y1 + h - offset), dim=-1)
+    reference_centers, reference_sizes = _centers_and_sizes(reference, plus_one)
+    if weights != (1.0, 1.0, 1.0, 1.0):
+        deltas = deltas / deltas.new_tensor(weights)
+    centers = deltas[..., :2] * reference_sizes + reference_centers
+    sizes = torch.exp(deltas[..., 2:].clamp(max=BBOX_XFORM_CLIP)) * reference_sizes
+    top_left = centers - 0.5 * sizes
+    bottom_right = top_left + sizes
+    if plus_one:
+        bottom_right = bottom_right - 1.0
+    return torch.cat((top_left, bottom_right), dim=-1)
 
 
 def clip_boxes(boxes: Tensor, image_sizes: Tensor, plus_one: bool = False) -> Tensor:

@@ -1,0 +1,132 @@
+"""RPN anchor targets: frcnn against torchvision's per-image path, and peak memory on an FPN case.
+
+    .venv/bin/python benchmarks/anchor_targets.py [--repeats 25] [--skip-memory]
+
+Both sides run in this process with 2 threads on the same anchors and boxes; medians of
+interleaved runs. "frcnn (torchvision preset)" does the same work as torchvision's
+box_iou + Matcher + BalancedPositiveNegativeSampler + BoxCoder.encode; "frcnn (default)" is the
+Caffe semantics (border filter, +1 pixels).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torchvision.models.detection import _utils as det_utils
+from torchvision.ops import box_iou
+
+from frcnn import AnchorTargetConfig, assign_anchor_targets, generate_anchors, grid_anchors
+
+IMAGE_HEIGHT, IMAGE_WIDTH, STRIDE = 600, 1000, 16
+
+
+def random_gt(batch: int, num_gt: int, height: float, width: float, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    size = torch.rand(batch, num_gt, 2, generator=generator) * torch.tensor([width, height]) * 0.4 + 8
+    corner = torch.rand(batch, num_gt, 2, generator=generator) * (torch.tensor([width, height]) - size)
+    labels = torch.ones(batch, num_gt, 1)
+    return torch.cat([corner, corner + size, labels], dim=-1)
+
+
+def torchvision_targets(anchors: torch.Tensor, gt: torch.Tensor, matcher, sampler, coder):
+    """torchvision's RPN target path (RegionProposalNetwork.assign_targets_to_anchors + sampling)."""
+    labels, targets = [], []
+    for boxes in gt[..., :4]:
+        matched = matcher(box_iou(boxes, anchors))
+        image_labels = (matched >= 0).to(torch.float32)
+        image_labels[matched == matcher.BELOW_LOW_THRESHOLD] = 0.0
+        image_labels[matched == matcher.BETWEEN_THRESHOLDS] = -1.0
+        labels.append(image_labels)
+        targets.append(coder.encode_single(boxes[matched.clamp(min=0)], anchors))
+    sampled_pos, sampled_neg = sampler(labels)
+    return labels, targets, sampled_pos, sampled_neg
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def speed_table(repeats: int) -> None:
+    height, width = -(-IMAGE_HEIGHT // STRIDE) + 0, -(-IMAGE_WIDTH // STRIDE)
+    grid = grid_anchors(generate_anchors(), height, width, STRIDE)
+    anchors = grid.boxes
+    matcher = det_utils.Matcher(0.7, 0.3, allow_low_quality_matches=True)
+    sampler = det_utils.BalancedPositiveNegativeSampler(256, 0.5)
+    coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+    preset = AnchorTargetConfig.preset("torchvision")
+    default = AnchorTargetConfig()
+    print(f"{IMAGE_HEIGHT}x{IMAGE_WIDTH} image, {height}x{width} cells x 9 = {anchors.shape[0]} anchors, "
+          f"{torch.get_num_threads()} threads; median ms per call over {repeats} runs")
+    print(f"| gts | B | torchvision | frcnn (torchvision preset) | speed-up | frcnn (default) | speed-up |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for num_gt in (20, 100):
+        for batch in (1, 8, 16):
+            gt = random_gt(batch, num_gt, IMAGE_HEIGHT, IMAGE_WIDTH, seed=batch * 1000 + num_gt)
+            num_boxes = torch.full((batch,), num_gt)
+            im_info = torch.tensor([[IMAGE_HEIGHT, IMAGE_WIDTH, 1.0]]).repeat(batch, 1)
+            runs = {
+                "torchvision": lambda: torchvision_targets(anchors, gt, matcher, sampler, coder),
+                "preset": lambda: assign_anchor_targets(grid, gt, num_boxes, im_info, preset),
+                "default": lambda: assign_anchor_targets(grid, gt, num_boxes, im_info, default),
+            }
+            for fn in runs.values():  # warm-up
+                fn()
+            samples = {name: [] for name in runs}
+            for _ in range(3):  # interleaved rounds, so that machine noise hits every side alike
+                for name, fn in runs.items():
+                    samples[name].append(median_ms(fn, max(1, repeats // 3)))
+            ms = {name: statistics.median(values) for name, values in samples.items()}
+            print(f"| {num_gt} | {batch} | {ms['torchvision']:.2f} | {ms['preset']:.2f} | "
+                  f"{ms['torchvision'] / ms['preset']:.1f}x | {ms['default']:.2f} | "
+                  f"{ms['torchvision'] / ms['default']:.1f}x |")
+
+
+def fpn_memory_child() -> None:
+    """Run in a fresh process: print the extra peak RSS (MB) of one FPN-sized assignment."""
+    torch.set_num_threads(2)
+    height, width, batch, num_gt = 800, 1333, 2, 500
+    levels = [grid_anchors(generate_anchors(stride, (0.5, 1, 2), (8,)), -(-height // stride), -(-width // stride),
+                           stride) for stride in (4, 8, 16, 32, 64)]
+    gt = random_gt(batch, num_gt, height, width, seed=5)
+    num_boxes = torch.full((batch,), num_gt)
+    im_info = torch.tensor([[height, width, 1.0]]).repeat(batch, 1)
+    config = AnchorTargetConfig.preset("torchvision")
+    anchors = sum(level.num_anchors for level in levels)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    assign_anchor_targets(levels, gt, num_boxes, im_info, config)
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    one_shot_gb = batch * anchors * num_gt * 4 / 1e9
+    print(f"FPN case: {height}x{width}, strides 4..64, 3 ratios = {anchors} anchors, {num_gt} gts, B = {batch}: "
+          f"extra peak memory {peak - before:.0f} MB (budget {config.working_set_bytes / 2**20:.0f} MB working set; "
+          f"one (B, N, K) float32 tensor alone is {one_shot_gb:.2f} GB), {elapsed * 1e3:.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=24, help="timed runs per case (default 24)")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the FPN peak-memory case")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        fpn_memory_child()
+        return
+    torch.set_num_threads(2)
+    speed_table(args.repeats)
+    if not args.skip_memory:
+        subprocess.run([sys.executable, __file__, "--memory-child"], check=True)
+
+
+if __name__ == "__main__":
+    main()
