@@ -264,6 +264,8 @@ def _first_argmax(values: Tensor, dim: int) -> Tensor:
     descending = torch.arange(size, 0, -1, device=values.device).to(code_dtype).view(view)
     ties = torch.ge(values, values.amax(dim=dim, keepdim=True),
                     out=_scratch("ties", values.shape, torch.bool, values.device))
+    if code_dtype == torch.uint8:
+        ties = ties.view(torch.uint8)  # a free reinterpretation; a bool operand would be converted first
     codes = torch.mul(ties, descending, out=_scratch("codes", values.shape, code_dtype, values.device))
     return size - codes.amax(dim=dim, keepdim=True).long()
 
@@ -381,35 +383,35 @@ def _max_ioa(levels: list[_Level], boxes: Tensor, valid: Tensor, im_info: Tensor
     return torch.cat(outputs, dim=1)
 
 
-def _label(match: _Match, has_gt: Tensor, config: AnchorTargetConfig) -> Tensor:
-    """Labels (B, N) by SPEC step 5: 1 positive, 0 negative, -1 ignored."""
+def _classify(match: _Match, has_gt: Tensor, config: AnchorTargetConfig) -> tuple[Tensor, Tensor]:
+    """Positive and negative anchors (B, N) by SPEC step 5; the rest are ignored."""
     # An image without gt has every taking-part anchor negative, whatever negative_overlap is.
-    max_iou = torch.where(has_gt[:, None], match.max_iou, torch.full_like(match.max_iou, -1.0))
-    below = max_iou < config.negative_overlap
-    positive = (max_iou >= config.positive_overlap) | match.low_quality
+    below = (match.max_iou < config.negative_overlap) | ~has_gt[:, None]
+    positive = ((match.max_iou >= config.positive_overlap) & has_gt[:, None]) | match.low_quality
     if config.clobber_positives:
-        labels = torch.where(below, 0, torch.where(positive, 1, -1))
+        positive = positive & ~below
+        negative = below
     else:
-        labels = torch.where(positive, 1, torch.where(below, 0, -1))
-    return torch.where(match.inside, labels, -1)
+        negative = below & ~positive
+    return positive & match.inside, negative & match.inside
 
 
-def _outside_weights(labels: Tensor, positive_weight: float, dtype: torch.dtype) -> Tensor:
+def _labels(positive: Tensor, negative: Tensor) -> Tensor:
+    """1 for positive, 0 for negative, -1 for neither: 2p + n - 1 for disjoint masks (B, N)."""
+    return positive.long() * 2 + negative.long() - 1
+
+
+def _outside_weights(positive: Tensor, negative: Tensor, positive_weight: float, dtype: torch.dtype) -> Tensor:
     """Per-anchor loss normalisers (B, N) by SPEC step 9; a zero count gives weight 0."""
-    positive = labels == 1
-    negative = labels == 0
 
-    def per_image(count: Tensor, weight: float) -> Tensor:
-        return torch.where(count > 0, weight / count.clamp(min=1).to(dtype), 0.0)[:, None]
+    def per_image(mask: Tensor, weight: float) -> Tensor:
+        count = mask.sum(dim=1, keepdim=True)
+        return (count > 0) * (weight / count.clamp(min=1).to(dtype))
 
     if positive_weight < 0:
-        weight = per_image((labels >= 0).sum(dim=1), 1.0)
-        pos_weight = neg_weight = weight
-    else:
-        pos_weight = per_image(positive.sum(dim=1), positive_weight)
-        neg_weight = per_image(negative.sum(dim=1), 1.0 - positive_weight)
-    zero = torch.zeros((), dtype=pos_weight.dtype, device=labels.device)
-    return torch.where(positive, pos_weight, torch.where(negative, neg_weight, zero))
+        weight = per_image(positive | negative, 1.0)
+        return (positive | negative) * weight
+    return positive * per_image(positive, positive_weight) + negative * per_image(negative, 1.0 - positive_weight)
 
 
 def compute_anchor_targets(
@@ -441,34 +443,31 @@ def compute_anchor_targets(
 
     match = _match(levels, gt, valid, im_info, config, offset)
     has_gt = num_boxes > 0
-    labels = _label(match, has_gt, config)
+    positive, negative = _classify(match, has_gt, config)
 
     if ignore_boxes is not None and ignore_boxes.shape[1] > 0:
         ignore_valid = torch.arange(ignore_boxes.shape[1], device=gt.device)[None, :] < num_ignore[:, None]
         ignore = torch.where(ignore_valid[..., None], ignore_boxes.to(dtype), 0.0)
         covered = _max_ioa(levels, ignore, ignore_valid, im_info, config, offset) >= config.ignore_overlap
-        labels = torch.where(covered & (labels == 0), -1, labels)
+        negative = negative & ~covered
 
     if config.batch_size is not None:
         if sample_keys is None:
-            sample_keys = torch.rand(labels.shape, device=labels.device)
-        keep_pos, keep_neg = sample_balanced(labels == 1, labels == 0, config.batch_size,
-                                             config.fg_fraction, sample_keys)
-        labels = torch.where(keep_pos, 1, torch.where(keep_neg, 0, -1))
+            sample_keys = torch.rand(positive.shape, device=positive.device)
+        positive, negative = sample_balanced(positive, negative, config.batch_size, config.fg_fraction, sample_keys)
 
     target_gt = match.target_gt
     boxes = _anchor_boxes(anchors).to(dtype)
     matched_boxes = torch.gather(gt, 1, target_gt[..., None].expand(-1, -1, 4))
     targets = encode_boxes(boxes[None], matched_boxes, config.bbox_weights, config.legacy_plus_one)
-    regress = (match.inside & has_gt[:, None])[..., None]
-    targets = torch.where(regress, targets, 0.0)
+    # where, not a product: a degenerate gt (x2 == x1, continuous) encodes to -inf, and -inf * 0 is NaN.
+    targets = torch.where((match.inside & has_gt[:, None])[..., None], targets, 0.0)
 
-    positive = labels == 1
-    inside_weights = torch.tensor(config.bbox_inside_weights, dtype=dtype, device=gt.device)
-    inside_weights = torch.where(positive[..., None], inside_weights, 0.0)
-    outside_weights = _outside_weights(labels, config.positive_weight, dtype)[..., None].expand(-1, -1, 4)
-    matched_gt = torch.where(positive, target_gt, -1)
-    return AnchorTargets(labels, targets, inside_weights, outside_weights, matched_gt)
+    inside_weights = positive[..., None] * torch.tensor(config.bbox_inside_weights, dtype=dtype, device=gt.device)
+    # The same normaliser for all four coordinates: an expanded (B, N, 4) view.
+    outside_weights = _outside_weights(positive, negative, config.positive_weight, dtype)[..., None].expand(-1, -1, 4)
+    matched_gt = (target_gt + 1) * positive - 1
+    return AnchorTargets(_labels(positive, negative), targets, inside_weights, outside_weights, matched_gt)
 
 
 def _first_bad(mask: Tensor) -> tuple[int, ...]:

@@ -13,7 +13,8 @@ def keep_random(candidates: Tensor, keys: Tensor, counts: Tensor, max_count: int
     subset without replacement, and a fixed-size top-k keeps the shapes static.
     """
     k = min(max_count, candidates.shape[1])
-    scores = torch.where(candidates, keys, torch.full_like(keys, -1.0))
+    # Candidates keep their key; the others drop below zero (arithmetic is cheaper than where).
+    scores = keys - (~candidates).to(keys.dtype)
     top_scores, top_index = scores.topk(k, dim=1, sorted=True)
     rank = torch.arange(k, device=candidates.device)
     chosen = (top_scores >= 0) & (rank[None, :] < counts[:, None])
