@@ -10,7 +10,6 @@ Caffe semantics (border filter, +1 pixels).
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -91,6 +90,21 @@ def speed_table(repeats: int) -> None:
                   f"{ms['torchvision'] / ms['default']:.1f}x |")
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss_mb() -> float:
+    """Reset the kernel's peak-RSS mark (Linux) and return the current RSS in MB."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    return _status_mb("VmRSS")
+
+
 def fpn_memory_child() -> None:
     """Run in a fresh process: print the extra peak RSS (MB) of one FPN-sized assignment."""
     torch.set_num_threads(2)
@@ -102,11 +116,11 @@ def fpn_memory_child() -> None:
     im_info = torch.tensor([[height, width, 1.0]]).repeat(batch, 1)
     config = AnchorTargetConfig.preset("torchvision")
     anchors = sum(level.num_anchors for level in levels)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _reset_peak_rss_mb()
     start = time.perf_counter()
     assign_anchor_targets(levels, gt, num_boxes, im_info, config)
     elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     one_shot_gb = batch * anchors * num_gt * 4 / 1e9
     print(f"FPN case: {height}x{width}, strides 4..64, 3 ratios = {anchors} anchors, {num_gt} gts, B = {batch}: "
           f"extra peak memory {peak - before:.0f} MB (budget {config.working_set_bytes / 2**20:.0f} MB working set; "
