@@ -1,0 +1,330 @@
+"""The detector's configuration: one frozen, validated dataclass tree with a YAML round trip.
+
+``default_config(backbone, fpn)`` gives each backbone's recipe; every field can be overridden with
+``dataclasses.replace`` or through YAML. Invalid values are refused when a node is made, with a
+message naming the field and the value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import yaml
+
+from .anchor_targets import AnchorTargetConfig
+
+BACKBONES = ("small", "vgg16", "resnet50", "resnet101")
+
+
+def _fail(owner: object, name: str, value: object, rule: str) -> None:
+    raise ValueError(f"{type(owner).__name__}.{name} must be {rule}, got {value!r}")
+
+
+def _check_int(owner: object, name: str, minimum: int, optional: bool = False) -> None:
+    value = getattr(owner, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(owner, name, value, f"an integer >= {minimum}" + (" or None" if optional else ""))
+
+
+def _check_number(owner: object, name: str, low: float, high: float, *, open_low: bool = False) -> None:
+    value = getattr(owner, name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value <= high and (
+        value > low if open_low else value >= low)
+    if not ok:
+        _fail(owner, name, value, f"a number in {'(' if open_low else '['}{low}, {high}]")
+
+
+def _check_choice(owner: object, name: str, choices: Sequence[str]) -> None:
+    value = getattr(owner, name)
+    if value not in choices:
+        _fail(owner, name, value, f"one of {', '.join(map(repr, choices))}")
+
+
+def _check_positive_tuple(owner: object, name: str, length: int | None = None) -> None:
+    """Coerce a sequence field to a tuple of floats, each > 0 (and of ``length`` if given)."""
+    value = getattr(owner, name)
+    ok = (isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
+          and (length is None or len(value) == length)
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value))
+    if not ok:
+        count = f"{length} " if length else "one or more "
+        _fail(owner, name, value, f"{count}positive numbers")
+    object.__setattr__(owner, name, tuple(float(v) for v in value))
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Feature extractor. ``frozen_stages`` leading stages keep their weights (VGG16: conv1..conv5
+    blocks; ResNet: stem, res2, res3, ...; small: stem, three stages). ``weights`` is a local state
+    dict: the torchvision classification model's for VGG16/ResNet, ``Backbone.stages``' for small."""
+
+    name: str = "small"
+    fpn: bool = False
+    fpn_channels: int = 256
+    frozen_stages: int = 0
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "name", BACKBONES)
+        if not isinstance(self.fpn, bool):
+            _fail(self, "fpn", self.fpn, "a bool")
+        _check_int(self, "fpn_channels", 1)
+        _check_int(self, "frozen_stages", 0)
+        if self.weights is not None and not isinstance(self.weights, str):
+            _fail(self, "weights", self.weights, "a path string or None")
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Anchors of a feature level with stride s: ``generate_anchors(s, ratios, scales)``, so an
+    anchor's side is about scale * s (ratio = height / width)."""
+
+    scales: tuple[float, ...] = (8.0, 16.0, 32.0)
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+    def __post_init__(self) -> None:
+        _check_positive_tuple(self, "scales")
+        _check_positive_tuple(self, "ratios")
+
+    @property
+    def num_anchors(self) -> int:
+        """A, the anchors per feature cell."""
+        return len(self.scales) * len(self.ratios)
+
+
+def _model_anchor_targets(**overrides: Any) -> AnchorTargetConfig:
+    """torchvision's RPN target semantics (continuous boxes) with the seed's border filter."""
+    return AnchorTargetConfig.preset("torchvision", **{"allowed_border": 0, **overrides})
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    """RPN head and losses. ``objectness``: "softmax" (2A outputs, the seed's two-way softmax) or
+    "sigmoid" (A outputs). ``conv_channels`` None: as wide as the features."""
+
+    objectness: str = "softmax"
+    conv_channels: int | None = None
+    targets: AnchorTargetConfig = field(default_factory=_model_anchor_targets)
+    box_loss_sigma: float = 3.0
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "objectness", ("softmax", "sigmoid"))
+        _check_int(self, "conv_channels", 1, optional=True)
+        if not isinstance(self.targets, AnchorTargetConfig):
+            _fail(self, "targets", self.targets, "an AnchorTargetConfig")
+        if self.targets.legacy_plus_one:
+            _fail(self, "targets.legacy_plus_one", True, "False (the model uses continuous boxes)")
+        _check_number(self, "box_loss_sigma", 0.0, float("inf"), open_low=True)
+
+
+@dataclass(frozen=True)
+class ProposalLimits:
+    """How many proposals survive: per image (per level with FPN) before NMS, per image after."""
+
+    pre_nms_top_n: int
+    post_nms_top_n: int
+
+    def __post_init__(self) -> None:
+        _check_int(self, "pre_nms_top_n", 1)
+        _check_int(self, "post_nms_top_n", 1)
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    """Proposal layer: boxes with a side below ``min_size * im_scale`` are dropped before NMS."""
+
+    train: ProposalLimits = ProposalLimits(12000, 2000)
+    test: ProposalLimits = ProposalLimits(6000, 300)
+    nms_threshold: float = 0.7
+    min_size: float = 16.0
+
+    def __post_init__(self) -> None:
+        _check_number(self, "nms_threshold", 0.0, 1.0)
+        _check_number(self, "min_size", 0.0, float("inf"))
+
+
+@dataclass(frozen=True)
+class RoISamplingConfig:
+    """Proposal target layer: RoIs per image, the foreground share, the IoU ranges (foreground
+    IoU >= fg_threshold, background IoU in [bg_threshold_lo, bg_threshold_hi)) and the box-coder
+    weights of the class-specific regression targets."""
+
+    batch_size_per_image: int = 128
+    fg_fraction: float = 0.25
+    fg_threshold: float = 0.5
+    bg_threshold_hi: float = 0.5
+    bg_threshold_lo: float = 0.0
+    bbox_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+
+    def __post_init__(self) -> None:
+        _check_int(self, "batch_size_per_image", 1)
+        for name in ("fg_fraction", "fg_threshold", "bg_threshold_hi", "bg_threshold_lo"):
+            _check_number(self, name, 0.0, 1.0)
+        if self.bg_threshold_lo > self.bg_threshold_hi:
+            _fail(self, "bg_threshold_lo", self.bg_threshold_lo, f"<= bg_threshold_hi ({self.bg_threshold_hi})")
+        if self.bg_threshold_hi > self.fg_threshold:
+            _fail(self, "bg_threshold_hi", self.bg_threshold_hi, f"<= fg_threshold ({self.fg_threshold})")
+        _check_positive_tuple(self, "bbox_weights", 4)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """RoI head. ``pooler``: "align" (RoIAlign, aligned=True) or "pool" (RoIPool).
+    ``align_impl``: "dense" (this package's separable RoIAlign: the same numbers as torchvision's,
+    computed with matrix products; one feature level only, ``sampling_ratio`` >= 1) or
+    "torchvision" (``torchvision.ops.roi_align``). ``fc_dim``: width of a fresh two-FC head, or
+    None for the backbone's own head (VGG16's fc6/fc7, ResNet's C5 stage)."""
+
+    pooler: str = "align"
+    align_impl: str = "dense"
+    output_size: int = 7
+    sampling_ratio: int = 2
+    fc_dim: int | None = None
+    box_loss_sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "pooler", ("align", "pool"))
+        _check_choice(self, "align_impl", ("dense", "torchvision"))
+        _check_int(self, "output_size", 1)
+        _check_int(self, "sampling_ratio", 0)
+        if self.pooler == "align" and self.align_impl == "dense" and self.sampling_ratio < 1:
+            _fail(self, "sampling_ratio", self.sampling_ratio, ">= 1 with align_impl='dense'")
+        _check_int(self, "fc_dim", 1, optional=True)
+        _check_number(self, "box_loss_sigma", 0.0, float("inf"), open_low=True)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Detection post-processing: per-class score threshold and NMS, detections kept per image."""
+
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.3
+    detections_per_image: int = 100
+
+    def __post_init__(self) -> None:
+        _check_number(self, "score_threshold", 0.0, 1.0)
+        _check_number(self, "nms_threshold", 0.0, 1.0)
+        _check_int(self, "detections_per_image", 1)
+
+
+_SMALL_ANCHORS = AnchorConfig(scales=(2.0, 4.0, 8.0, 16.0))
+_SMALL_PROPOSALS = ProposalConfig(ProposalLimits(1000, 300), ProposalLimits(1000, 300), min_size=4.0)
+_FPN_PROPOSALS = ProposalConfig(ProposalLimits(2000, 1000), ProposalLimits(1000, 1000))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a Faster R-CNN except the number of classes.
+
+    The defaults are the small backbone's CPU recipe, ``default_config("small")``; each node's own
+    defaults are the classic values.
+    """
+
+    backbone: BackboneConfig = BackboneConfig()
+    anchors: AnchorConfig = _SMALL_ANCHORS
+    rpn: RPNConfig = RPNConfig()
+    proposals: ProposalConfig = _SMALL_PROPOSALS
+    roi_sampling: RoISamplingConfig = RoISamplingConfig(batch_size_per_image=64)
+    head: HeadConfig = HeadConfig(fc_dim=256)
+    test: InferenceConfig = InferenceConfig()
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for item in dataclasses.fields(self):
+            if not isinstance(getattr(self, item.name), hints[item.name]):
+                _fail(self, item.name, getattr(self, item.name), f"a {hints[item.name].__name__}")
+        backbone, head = self.backbone, self.head
+        if head.fc_dim is None and (backbone.name == "small" or backbone.fpn):
+            _fail(self, "head.fc_dim", None, "set: the small backbone and FPN have no head of their own")
+        if head.fc_dim is None and backbone.name == "vgg16" and head.output_size != 7:
+            _fail(self, "head.output_size", head.output_size, "7 for VGG16's own fc6/fc7 head")
+        if backbone.fpn and head.pooler == "align" and head.align_impl == "dense":
+            _fail(self, "head.align_impl", "dense", "'torchvision' with FPN (dense RoIAlign needs one level)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts, lists and scalars."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """The inverse of ``to_dict``; missing keys take their defaults, unknown keys are refused."""
+        return _from_plain(cls, data, "ModelConfig")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "ModelConfig":
+        data = yaml.safe_load(text)
+        return cls.from_dict({} if data is None else data)
+
+
+def default_config(backbone: str = "small", fpn: bool = False) -> ModelConfig:
+    """Each backbone's recipe.
+
+    small (CPU, see docs/model.md): 12 anchors of 32-256 px, 1000 proposals before NMS and 300
+    after, in training and at test, 64 RoIs per image, a 256-wide two-FC head.
+    vgg16, resnet50, resnet101: the classic C4 recipe: 12000/2000 and 6000/300 proposals, 128 RoIs
+    per image, the backbone's own head, conv1-2 (VGG) or stem and res2 (ResNet) frozen.
+    fpn: one anchor shape per ratio and level (8 strides wide); proposal counts per level before
+    NMS (small: as without FPN; others: 2000/1000 before and 1000 after NMS, as detectron2); no
+    border filter, no min-size filter; a two-FC head 1024 wide (256 for small); torchvision's
+    multi-level RoIAlign.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+    small = backbone == "small"
+    if small:
+        config = ModelConfig()
+    else:
+        config = ModelConfig(backbone=BackboneConfig(backbone, frozen_stages=2), anchors=AnchorConfig(),
+                             proposals=ProposalConfig(), roi_sampling=RoISamplingConfig(),
+                             head=HeadConfig(fc_dim=None))
+    if not fpn:
+        return config
+    return replace(
+        config,
+        backbone=replace(config.backbone, fpn=True),
+        anchors=AnchorConfig(scales=(8.0,)),
+        rpn=replace(config.rpn, targets=_model_anchor_targets(allowed_border=None)),
+        proposals=replace(_SMALL_PROPOSALS if small else _FPN_PROPOSALS, min_size=0.0),
+        head=HeadConfig(fc_dim=256 if small else 1024, align_impl="torchvision"),
+    )
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _from_plain(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must be a mapping, got {data!r}")
+    hints = _hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {unknown}; known: {', '.join(hints)}")
+    values = {name: _coerce(hints[name], value, f"{path}.{name}") for name, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    """A YAML value made into the annotated type: nested dataclasses and tuples."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _from_plain(hint, value, path)
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if isinstance(value, list) and any(typing.get_origin(option) is tuple for option in options):
+        return tuple(value)
+    return value

@@ -1,0 +1,301 @@
+"""The second stage: proposal target layer, RoI pooling, the box head, its losses and detection
+post-processing, batched over images with a fixed number of RoIs per image."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from .backbones import BoxHead
+from .boxes import box_area, box_iou, clip_boxes, decode_boxes, encode_boxes
+from .config import HeadConfig, InferenceConfig, RoISamplingConfig
+from .rpn import Proposals, gather_rows, smooth_l1
+from .sampling import sample_balanced
+
+# Above this many elements, the dense RoIAlign's (B, r * S, C * W) intermediate is made in chunks
+# of r RoIs: large fresh buffers cost more in page faults than the products that fill them.
+DENSE_ALIGN_CHUNK_ELEMENTS = 2**22
+
+# FPN level assignment (FPN paper, eq. 1): a 224 x 224 RoI goes to level 4 (stride 16).
+CANONICAL_SIZE = 224.0
+CANONICAL_LEVEL = 4
+
+
+class RoISample(NamedTuple):
+    """The RoIs of a batch, R per image: boxes (B, R, 4); labels (B, R): the class (1..C) of a
+    foreground RoI, 0 for background, -1 for an empty slot (an image with too few candidates);
+    bbox_targets (B, R, 4), zero unless foreground; matched_gt (B, R), the gt index of a foreground
+    RoI, else -1."""
+
+    boxes: Tensor
+    labels: Tensor
+    bbox_targets: Tensor
+    matched_gt: Tensor
+
+
+def _first_true(mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Column indices (B, k) of the first k True entries of each row of mask (B, M), in order, and
+    whether each slot is filled (B, k); empty slots point at column 0."""
+    batch, columns = mask.shape
+    rank = mask.cumsum(dim=1) - 1
+    slot = torch.where(mask & (rank < k), rank, k)
+    source = torch.arange(columns, device=mask.device).expand(batch, columns)
+    index = torch.zeros(batch, k + 1, dtype=torch.long, device=mask.device).scatter_(1, slot, source)[:, :k]
+    filled = torch.arange(k, device=mask.device)[None, :] < mask.sum(dim=1, keepdim=True)
+    return torch.where(filled, index, 0), filled
+
+
+def sample_rois(proposals: Proposals, gt_boxes: Tensor, num_boxes: Tensor, config: RoISamplingConfig,
+                generator: torch.Generator | None = None) -> RoISample:
+    """The proposal target layer.
+
+    The valid gt boxes are appended to the valid proposals; each candidate's class comes from its
+    max-IoU gt: foreground if IoU >= fg_threshold, background if IoU in [bg_threshold_lo,
+    bg_threshold_hi) (an image without gt: every candidate has IoU 0). Per image up to
+    ``fg_fraction * batch_size_per_image`` foreground and then background RoIs are sampled without
+    replacement (``sample_balanced``); missing RoIs leave empty slots (label -1).
+    """
+    batch, num_gt = gt_boxes.shape[:2]
+    if num_gt == 0:
+        gt_boxes = gt_boxes.new_zeros(batch, 1, 5)
+    gt_valid = torch.arange(gt_boxes.shape[1], device=gt_boxes.device)[None, :] < num_boxes[:, None]
+    gt = torch.where(gt_valid[..., None], gt_boxes[..., :4], 0.0)
+    candidates = torch.cat((proposals.boxes, gt), dim=1)
+    usable = torch.cat((proposals.valid, gt_valid), dim=1)
+
+    iou = box_iou(candidates, gt).nan_to_num(0.0).masked_fill(~gt_valid[:, None, :], -1.0)
+    max_iou, argmax_gt = iou.max(dim=2)
+    max_iou = max_iou.clamp(min=0.0)
+    foreground = usable & (max_iou >= config.fg_threshold)
+    background = usable & (max_iou < config.bg_threshold_hi) & (max_iou >= config.bg_threshold_lo)
+    keys = torch.rand(foreground.shape, generator=generator, device=foreground.device)
+    keep_fg, keep_bg = sample_balanced(foreground, background, config.batch_size_per_image, config.fg_fraction,
+                                       keys)
+    index, filled = _first_true(keep_fg | keep_bg, config.batch_size_per_image)
+
+    boxes = gather_rows(candidates, index)
+    matched_gt = argmax_gt.gather(1, index)
+    is_fg = keep_fg.gather(1, index) & filled
+    gt_class = gt_boxes[..., 4].long().gather(1, matched_gt)
+    labels = torch.where(is_fg, gt_class, torch.where(filled, 0, -1))
+    targets = encode_boxes(boxes, gather_rows(gt, matched_gt), config.bbox_weights)
+    targets = torch.where(is_fg[..., None], targets, 0.0)
+    return RoISample(boxes, labels, targets, torch.where(is_fg, matched_gt, -1))
+
+
+def _axis_weights(start: Tensor, length: Tensor, output_size: int, sampling_ratio: int, size: int) -> Tensor:
+    """RoIAlign's sampling along one axis as averaging weights over the feature cells.
+
+    start, length (B, R) in feature cells (already shifted by -0.5) -> (B, R, output_size, size):
+    bin i averages ``sampling_ratio`` bilinear samples; a sample below -1 or beyond ``size`` counts
+    as zero, one in [-1, 0] reads cell 0, one at or past the last cell reads the last cell
+    (torchvision's rules, which factor into one axis at a time).
+    """
+    steps = torch.arange(output_size, device=start.device, dtype=start.dtype)[:, None] + (
+        torch.arange(sampling_ratio, device=start.device, dtype=start.dtype)[None, :] + 0.5) / sampling_ratio
+    position = start[..., None, None] + steps * (length / output_size)[..., None, None]
+    inside = (position >= -1.0) & (position <= size)
+    position = position.clamp(min=0.0)
+    low = position.floor()
+    at_end = low >= size - 1
+    low = torch.where(at_end, float(size - 1), low)
+    fraction = torch.where(at_end, 0.0, position - low) * inside
+    cells = torch.arange(size, device=start.device, dtype=start.dtype)
+    weights = ((1.0 - fraction) * inside)[..., None] * (cells == low[..., None]) + fraction[..., None] * (
+        cells == low[..., None] + 1)
+    return weights.sum(dim=-2) / sampling_ratio
+
+
+def _chunks(count: int, elements_per_item: int) -> list[tuple[int, int]]:
+    step = max(1, DENSE_ALIGN_CHUNK_ELEMENTS // max(elements_per_item, 1))
+    return [(start, min(start + step, count)) for start in range(0, count, step)]
+
+
+class _SeparableRoIAlign(torch.autograd.Function):
+    """out[b, r, c] = Wy[b, r] @ features[b, c] @ Wx[b, r]^T, as two batched matrix products."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weights_y: Tensor, weights_x: Tensor) -> Tensor:
+        batch, channels, height, width = features.shape
+        rois, size = weights_y.shape[1:3]
+        by_row = features.transpose(1, 2).reshape(batch, height, channels * width)
+        out = features.new_empty(batch, rois, channels, size, size)
+        for start, stop in _chunks(rois, batch * size * channels * width):
+            count = stop - start
+            rows = torch.bmm(weights_y[:, start:stop].reshape(batch, count * size, height), by_row)
+            pooled = torch.bmm(rows.view(batch * count, size * channels, width),
+                               weights_x[:, start:stop].reshape(batch * count, size, width).transpose(1, 2))
+            out[:, start:stop] = pooled.view(batch, count, size, channels, size).transpose(2, 3)
+        ctx.save_for_backward(weights_y, weights_x)
+        ctx.feature_shape = features.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        weights_y, weights_x = ctx.saved_tensors
+        batch, channels, height, width = ctx.feature_shape
+        rois, size = weights_y.shape[1:3]
+        grad = grad.transpose(2, 3).contiguous()
+        grad_by_row = grad.new_zeros(batch, height, channels * width)
+        for start, stop in _chunks(rois, batch * size * channels * width):
+            count = stop - start
+            grad_rows = torch.bmm(grad[:, start:stop].reshape(batch * count, size * channels, size),
+                                  weights_x[:, start:stop].reshape(batch * count, size, width))
+            grad_by_row.baddbmm_(weights_y[:, start:stop].reshape(batch, count * size, height).transpose(1, 2),
+                                 grad_rows.view(batch, count * size, channels * width))
+        return grad_by_row.view(batch, height, channels, width).transpose(1, 2).contiguous(), None, None
+
+
+def dense_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float,
+                    sampling_ratio: int) -> Tensor:
+    """``torchvision.ops.roi_align(..., aligned=True)`` with R boxes per image, as matrix products.
+
+    features (B, C, H, W), boxes (B, R, 4) in image coordinates -> (B * R, C, S, S), RoIs
+    image-major. RoIAlign's bilinear sampling factors into a (S, H) and a (W, S) weight matrix per
+    RoI, so the pooling and its gradient are batched products; it has no gradient for the boxes.
+    """
+    height, width = features.shape[-2:]
+    scaled = boxes.detach().to(features.dtype) * spatial_scale - 0.5
+    weights_y = _axis_weights(scaled[..., 1], scaled[..., 3] - scaled[..., 1], output_size, sampling_ratio, height)
+    weights_x = _axis_weights(scaled[..., 0], scaled[..., 2] - scaled[..., 0], output_size, sampling_ratio, width)
+    pooled = _SeparableRoIAlign.apply(features, weights_y, weights_x)
+    return pooled.flatten(0, 1)
+
+
+def _with_batch_index(boxes: Tensor) -> Tensor:
+    """boxes (B, R, 4) -> rois (B * R, 5) rows (batch_index, x1, y1, x2, y2)."""
+    batch, rois = boxes.shape[:2]
+    index = torch.arange(batch, device=boxes.device, dtype=boxes.dtype).repeat_interleave(rois)
+    return torch.cat((index[:, None], boxes.reshape(-1, 4)), dim=1)
+
+
+def fpn_levels(boxes: Tensor, num_levels: int, finest_level: int) -> Tensor:
+    """Pyramid level index (0 = finest) of each box (N, 4): floor(4 + log2(sqrt(area) / 224))
+    as a level number, clamped to the levels there are."""
+    size = box_area(boxes).clamp(min=1e-6).sqrt()
+    level = torch.floor(CANONICAL_LEVEL + torch.log2(size / CANONICAL_SIZE) + 1e-6)
+    return (level - finest_level).clamp(0, num_levels - 1).long()
+
+
+class RoIPooler(nn.Module):
+    """Pools features for R boxes per image: (B, R, 4) -> (B * R, C, S, S), RoIs image-major.
+
+    One level: RoIAlign (aligned=True; dense or torchvision's) or RoIPool at the level's stride.
+    Several (FPN): each box is pooled from its ``fpn_levels`` level.
+    """
+
+    def __init__(self, config: HeadConfig, strides: Sequence[int]) -> None:
+        super().__init__()
+        self.config = config
+        self.scales = tuple(1.0 / s for s in strides)
+        self.finest_level = round(math.log2(strides[0]))
+
+    def forward(self, features: Sequence[Tensor], boxes: Tensor) -> Tensor:
+        if len(self.scales) == 1:
+            return self._pool_level(features[0], boxes, self.scales[0])
+        rois = _with_batch_index(boxes)
+        levels = fpn_levels(rois[:, 1:], len(self.scales), self.finest_level)
+        size = self.config.output_size
+        pooled = features[0].new_zeros(rois.shape[0], features[0].shape[1], size, size)
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            chosen = torch.nonzero(levels == level).squeeze(1)
+            pooled[chosen] = self._pool_rois(feature, rois[chosen], scale)
+        return pooled
+
+    def _pool_level(self, feature: Tensor, boxes: Tensor, scale: float) -> Tensor:
+        config = self.config
+        if config.pooler == "align" and config.align_impl == "dense":
+            return dense_roi_align(feature, boxes, config.output_size, scale, config.sampling_ratio)
+        return self._pool_rois(feature, _with_batch_index(boxes), scale)
+
+    def _pool_rois(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        config = self.config
+        if config.pooler == "pool":
+            return torchvision.ops.roi_pool(feature, rois, config.output_size, scale)
+        return torchvision.ops.roi_align(feature, rois, config.output_size, scale, config.sampling_ratio,
+                                         aligned=True)
+
+
+def two_fc_head(in_channels: int, pooled_size: int, dim: int) -> BoxHead:
+    """Flatten, then two ``dim``-wide fully connected layers with ReLU."""
+    fc6 = nn.Linear(in_channels * pooled_size * pooled_size, dim)
+    fc7 = nn.Linear(dim, dim)
+    for layer in (fc6, fc7):
+        nn.init.kaiming_uniform_(layer.weight, a=1)
+        nn.init.zeros_(layer.bias)
+    return BoxHead(dim, nn.Flatten(), fc6, nn.ReLU(inplace=True), fc7, nn.ReLU(inplace=True))
+
+
+class RoIHead(nn.Module):
+    """Pooler, box head trunk, then a classifier over num_classes + 1 (N(0, 0.01)) and a
+    class-specific box regressor (N(0, 0.001))."""
+
+    def __init__(self, pooler: RoIPooler, trunk: BoxHead, num_classes: int) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.trunk = trunk
+        self.cls_score = nn.Linear(trunk.out_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(trunk.out_features, 4 * (num_classes + 1))
+        for layer, std in ((self.cls_score, 0.01), (self.bbox_pred, 0.001)):
+            nn.init.normal_(layer.weight, std=std)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: Sequence[Tensor], boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """boxes (B, R, 4) -> class logits (B, R, C + 1) and box deltas (B, R, C + 1, 4)."""
+        batch, rois = boxes.shape[:2]
+        hidden = self.trunk(self.pooler(features, boxes))
+        logits = self.cls_score(hidden).view(batch, rois, -1)
+        return logits, self.bbox_pred(hidden).view(batch, rois, logits.shape[-1], 4)
+
+
+def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, sample: RoISample,
+                     sigma: float) -> tuple[Tensor, Tensor]:
+    """Cross-entropy over the sampled RoIs, and smooth L1 (``sigma``) of the foreground RoIs'
+    deltas for their gt class, summed over coordinates; both averaged over the sampled RoIs of the
+    batch (0 when there are none)."""
+    labels = sample.labels
+    sampled = labels >= 0
+    count = sampled.sum().clamp(min=1)
+    classes = labels.clamp(min=0)
+    losses = F.cross_entropy(class_logits.flatten(0, 1), classes.flatten(), reduction="none").view_as(labels)
+    cls_loss = torch.where(sampled, losses, 0.0).sum() / count
+    chosen = box_deltas.gather(2, classes[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
+    box_losses = smooth_l1(chosen - sample.bbox_targets, sigma).sum(dim=2)
+    box_loss = torch.where(labels > 0, box_losses, 0.0).sum() / count
+    return cls_loss, box_loss
+
+
+@torch.no_grad()
+def detect(class_logits: Tensor, box_deltas: Tensor, proposals: Proposals, im_info: Tensor,
+           bbox_weights: Sequence[float], config: InferenceConfig) -> list[dict[str, Tensor]]:
+    """Detections per image from the head's outputs for the proposals.
+
+    Every proposal is decoded for every class and clipped; (proposal, class) pairs scoring above
+    ``score_threshold`` go through one NMS per image and class, all at once; each image keeps its
+    ``detections_per_image`` best. Boxes are divided by the image's scale (original coordinates).
+    Returns, per image, ``boxes`` (n, 4), ``scores`` (n,), ``labels`` (n,) in 1..C, best first.
+    """
+    batch, rois, num_classes = class_logits.shape[0], class_logits.shape[1], class_logits.shape[2] - 1
+    scores = torch.softmax(class_logits, dim=2)[..., 1:]
+    boxes = decode_boxes(box_deltas[:, :, 1:], proposals.boxes[:, :, None, :], tuple(bbox_weights))
+    boxes = clip_boxes(boxes.view(batch, rois * num_classes, 4), im_info[:, :2]).view(batch, rois, num_classes, 4)
+    candidate = (scores > config.score_threshold) & proposals.valid[..., None]
+    image, roi, label = candidate.nonzero(as_tuple=True)
+    boxes, scores = boxes[image, roi, label], scores[image, roi, label]
+    keep = torchvision.ops.batched_nms(boxes, scores, image * num_classes + label, config.nms_threshold)
+    image, label, boxes, scores = image[keep], label[keep], boxes[keep], scores[keep]
+
+    by_image = torch.sort(image, stable=True)[1]
+    image, label, boxes, scores = image[by_image], label[by_image], boxes[by_image], scores[by_image]
+    counts = torch.bincount(image, minlength=batch)
+    rank = torch.arange(image.shape[0], device=image.device) - (counts.cumsum(0) - counts)[image]
+    top = rank < config.detections_per_image
+    image, label, boxes, scores = image[top], label[top], boxes[top], scores[top]
+    boxes = boxes / im_info[image, 2][:, None]
+    sizes = counts.clamp(max=config.detections_per_image).tolist()
+    return [{"boxes": b, "scores": s, "labels": l + 1}
+            for b, s, l in zip(boxes.split(sizes), scores.split(sizes), label.split(sizes))]
