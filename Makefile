@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(PY) benchmarks/anchor_targets.py
+	$(VENV)/bin/frcnn train
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,0 +1,135 @@
+"""The command line, run as users run it (subprocesses), on a tiny synthetic dataset."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from frcnn.cli import main
+from frcnn.engine import load_checkpoint, read_log
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = ["data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.long_side=[64,96]",
+        "data.synthetic.object_size=[12,40]", "data.synthetic.max_objects=3", "data.min_size=64",
+        "data.max_size=96", "train.batch_size=2", "train.log_every=1", "train.checkpoint_every=2"]
+HEADLINE_KEYS = {"voc07_map", "voc_map", "coco_ap", "coco_ap50", "coco_ap75", "rpn_recall@300", "rpn_ar@300"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+def frcnn(workdir: Path, *args: str, launcher: tuple[str, ...] = (sys.executable, "-m", "frcnn"),
+          timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the command line in ``workdir``, the synthetic data cached there."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launcher, *args], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(workdir: Path) -> Path:
+    """A 3-iteration run with its evaluation; the output folder."""
+    ok(frcnn(workdir, "train", "--out", "run", "--set", *TINY, "train.max_iters=3"))
+    return workdir / "run"
+
+
+def test_train_writes_every_promised_file(trained: Path) -> None:
+    assert {"model_final.pt", "checkpoint.pt", "config.yaml", "log.jsonl", "loss.png", "metrics.json"} <= {
+        p.name for p in trained.iterdir()}
+    assert [record["iter"] for record in read_log(trained / "log.jsonl")] == [1, 2, 3]
+    assert {"loss", "rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box", "lr", "images_per_s"} <= set(
+        read_log(trained / "log.jsonl")[0])
+    assert (trained / "loss.png").read_bytes()[:8] == PNG_MAGIC
+    assert HEADLINE_KEYS <= set(json.loads((trained / "metrics.json").read_text()))
+    final = load_checkpoint(trained / "model_final.pt")
+    assert final["class_names"] == ["circle", "cross", "ring", "square", "star", "triangle"]
+    assert final["config"]["data"]["synthetic"]["num_train"] == 8
+
+
+def test_eval_json_matches_the_training_metrics(workdir: Path, trained: Path) -> None:
+    result = ok(frcnn(workdir, "eval", "run/model_final.pt", "--json", "--save-detections", "dets.json"))
+    metrics = json.loads(result.stdout)
+    assert HEADLINE_KEYS <= set(metrics)
+    # Another process: the same numbers up to float rounding (MKL's results may depend on alignment).
+    written = json.loads((trained / "metrics.json").read_text())
+    assert set(metrics) == set(written)
+    assert {k: v for k, v in metrics.items() if v is not None} == pytest.approx(
+        {k: v for k, v in written.items() if v is not None}, abs=0.02)
+    scored = ok(frcnn(workdir, "eval", "--detections", "dets.json", "--data", "synthetic", "--json",
+                      "--set", *TINY))
+    from_file = json.loads(scored.stdout)
+    assert from_file["voc07_map"] == pytest.approx(metrics["voc07_map"])
+    assert from_file["coco_ap"] == pytest.approx(metrics["coco_ap"])
+    assert "rpn_recall@300" not in from_file
+
+
+def test_detect_draws_every_image_and_writes_json(workdir: Path, trained: Path) -> None:
+    images = sorted((workdir / "cache").rglob("JPEGImages/val_*.jpg"))[:2]
+    ok(frcnn(workdir, "detect", "run/model_final.pt", *map(str, images), "--out", "seen",
+             "--score-threshold", "0.0"))
+    for image in images:
+        assert (workdir / "seen" / f"{image.stem}.png").read_bytes()[:8] == PNG_MAGIC
+    report = json.loads((workdir / "seen" / "detections.json").read_text())
+    assert [entry["image"] for entry in report] == list(map(str, images))
+    for detection in (d for entry in report for d in entry["detections"]):
+        assert set(detection) == {"box", "score", "label", "class"} and len(detection["box"]) == 4
+
+
+def test_anchors_draws_the_targets_of_an_image(workdir: Path) -> None:
+    result = ok(frcnn(workdir, "anchors", "--index", "1", "--out", "anchors.png", "--set", *TINY))
+    assert (workdir / "anchors.png").read_bytes()[:8] == PNG_MAGIC
+    assert "positive anchors" in result.stderr and "sampled negatives" in result.stderr
+
+
+def test_resume_continues_from_the_checkpoint(workdir: Path) -> None:
+    ok(frcnn(workdir, "train", "--out", "resumed", "--no-eval", "--set", *TINY, "train.max_iters=2"))
+    ok(frcnn(workdir, "train", "--out", "resumed", "--no-eval", "--resume", "--set", "train.max_iters=4",
+             launcher=(str(Path(sys.executable).parent / "frcnn"),)))
+    assert [record["iter"] for record in read_log(workdir / "resumed" / "log.jsonl")] == [1, 2, 3, 4]
+    assert load_checkpoint(workdir / "resumed" / "model_final.pt")["progress"]["iteration"] == 4
+
+
+def test_two_gloo_processes_train_together(workdir: Path) -> None:
+    ok(frcnn(workdir, "--standalone", "--nproc_per_node", "2", "-m", "frcnn", "train", "--out", "ddp",
+             "--no-eval", "--device", "cpu", "--set", *TINY, "train.max_iters=2",
+             launcher=(sys.executable, "-m", "torch.distributed.run")))
+    checkpoint = load_checkpoint(workdir / "ddp" / "checkpoint.pt")
+    assert checkpoint["progress"]["iteration"] == 2 and len(checkpoint["rng"]) == 2
+    assert [record["iter"] for record in read_log(workdir / "ddp" / "log.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "missing.pt"], "checkpoint missing.pt does not exist"),
+    (["train", "--data", "voc:/nonexistent", "--no-eval"], "/nonexistent"),
+    (["train", "--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
+])
+def test_errors_are_one_line_unless_debug(workdir: Path, args: list[str], message: str) -> None:
+    result = frcnn(workdir, *args)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"frcnn {args[0]}: error:") and message in lines[0]
+    assert "Traceback" in frcnn(workdir, *args, "--debug").stderr
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "detect", "anchors"])
+def test_every_command_explains_its_options(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_status:
+        main([command, "--help"])
+    assert exit_status.value.code == 0
+    options_text = capsys.readouterr().out.split("options:")[1]
+    blocks = [block for block in re.split(r"\n(?=  -)", options_text) if block.strip().startswith("--")]
+    assert len(blocks) >= 3
+    for block in blocks:
+        assert "(default: " in " ".join(block.split()), block
