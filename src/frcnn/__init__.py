@@ -3,6 +3,8 @@
 from .anchor_targets import (AnchorTargetConfig, AnchorTargetLayer, AnchorTargets, assign_anchor_targets,
                              compute_anchor_targets)
 from .anchors import AnchorGrid, concat_anchors, generate_anchors, grid_anchors
+from .config import ModelConfig
+from .model import FasterRCNN
 
-__all__ = ["AnchorGrid", "AnchorTargetConfig", "AnchorTargetLayer", "AnchorTargets", "assign_anchor_targets",
-           "compute_anchor_targets", "concat_anchors", "generate_anchors", "grid_anchors"]
+__all__ = ["AnchorGrid", "AnchorTargetConfig", "AnchorTargetLayer", "AnchorTargets", "FasterRCNN", "ModelConfig",
+           "assign_anchor_targets", "compute_anchor_targets", "concat_anchors", "generate_anchors", "grid_anchors"]
