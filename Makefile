@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(VENV)/bin/frcnn train
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/frcnn train
 
 # Passive OpenMP waits: spinning threads stall each other when the cores are shared.
 test: $(STAMP)

@@ -473,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"frcnn {args.command}: interrupted", file=sys.stderr)
+        hint = "; --resume continues from the last checkpoint in --out" if args.command == "train" else ""
+        print(f"frcnn {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as error:  # every error ends as one line unless --debug
         if args.debug:

@@ -117,8 +117,9 @@ def plot_curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str |
                 xlabel: str = "iteration", size: tuple[int, int] = (900, 540)) -> Path:
     """A line plot of named (x, y) series as a PNG: axes with ticks, one colour per series, a legend.
 
-    The y axis starts at 0 (or the smallest value, if negative) and ends at the largest value
-    after the first tenth of the points, so that early spikes do not flatten the rest.
+    The y axis starts at 0 (or the smallest value, if negative) and ends at the largest value, but
+    at most 1.5 times the largest after the first tenth of the points, so that early spikes do
+    not flatten the rest (they are cut at the top).
     """
     series = {name: [(float(x), float(y)) for x, y in points if math.isfinite(y)]
               for name, points in series.items()}
@@ -161,9 +162,10 @@ def _save_canvas(canvas: Image.Image, path: str | Path) -> Path:
 
 def _plot_ranges(series: Mapping[str, list[tuple[float, float]]]) -> tuple[tuple[float, float], tuple[float, float]]:
     xs = [x for points in series.values() for x, _ in points]
+    values = [y for points in series.values() for _, y in points]
     late = [y for points in series.values() for _, y in points[len(points) // 10:]]
-    low = min(0.0, min(y for points in series.values() for _, y in points))
-    high = max(late) if late else low + 1.0
+    low = min(0.0, min(values))
+    high = min(max(values), 1.5 * max(late))
     if high <= low:
         high = low + 1.0
     x_low, x_high = min(xs), max(xs)

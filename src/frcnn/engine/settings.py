@@ -41,7 +41,7 @@ class TrainConfig:
     epochs: float | None = None
     max_iters: int | None = None
     max_minutes: float | None = 12.0
-    lr: float = 0.02
+    lr: float = 0.04
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 100
