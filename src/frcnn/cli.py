@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import engine
 from .anchor_targets import assign_anchor_targets
-from .anchors import concat_anchors, grid_anchors
+from .anchors import concat_anchors
 from .config import BACKBONES, default_config
 from .data import SPEC_HELP, DatasetError, DetectionDataset, ImageAnnotation, collate
 from .engine import RunConfig
@@ -426,8 +426,7 @@ def run_anchors(args: argparse.Namespace) -> int:
     model = _new_model(config, len(dataset.class_names)).eval()
     with torch.no_grad():
         features = model.backbone(batch.images)
-    grids = [grid_anchors(base, f.shape[-2], f.shape[-1], stride)
-             for base, f, stride in zip(model.base_anchors, features, model.backbone.strides)]
+    grids = model.anchor_grids(features)
     targets = assign_anchor_targets(grids, batch.gt_boxes, batch.num_boxes, batch.im_info, config.model.rpn.targets,
                                     torch.Generator().manual_seed(args.seed), batch.ignore_boxes, batch.num_ignore)
     anchors, labels = concat_anchors(grids), targets.labels[0]

@@ -248,12 +248,12 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts, lists and scalars."""
-        return _to_plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         """The inverse of ``to_dict``; missing keys take their defaults, unknown keys are refused."""
-        return _from_plain(cls, data, "ModelConfig")
+        return from_plain(cls, data, "ModelConfig")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -301,15 +301,15 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _to_plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):
-        return [_to_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 
-def _from_plain(cls: type, data: Any, path: str) -> Any:
+def from_plain(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{path} must be a mapping, got {data!r}")
     hints = _hints(cls)
@@ -323,7 +323,7 @@ def _from_plain(cls: type, data: Any, path: str) -> Any:
 def _coerce(hint: Any, value: Any, path: str) -> Any:
     """A YAML value made into the annotated type: nested dataclasses and tuples."""
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _from_plain(hint, value, path)
+        return from_plain(hint, value, path)
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if isinstance(value, list) and any(typing.get_origin(option) is tuple for option in options):
         return tuple(value)

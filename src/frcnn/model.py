@@ -72,7 +72,7 @@ class FasterRCNN(nn.Module):
         _check_batch(images, im_info, gt_boxes, num_boxes, require_gt=self.training)
         features = self.backbone(images)
         logits, deltas = self.rpn_head(features)
-        grids = self._anchor_grids(features)
+        grids = self.anchor_grids(features)
         proposals = self._propose(logits, deltas, grids, im_info)
         if not self.training:
             proposals = proposals.trimmed()
@@ -96,12 +96,13 @@ class FasterRCNN(nn.Module):
         _check_batch(images, im_info, None, None, require_gt=False)
         features = self.backbone(images)
         logits, deltas = self.rpn_head(features)
-        proposals = self._propose(logits, deltas, self._anchor_grids(features), im_info)
+        proposals = self._propose(logits, deltas, self.anchor_grids(features), im_info)
         sizes = proposals.counts.tolist()
         boxes = proposals.boxes / im_info[:, None, 2:3]
         return [{"boxes": b[:n], "scores": s[:n]} for b, s, n in zip(boxes, proposals.scores, sizes)]
 
-    def _anchor_grids(self, features: list[Tensor]) -> list[AnchorGrid]:
+    def anchor_grids(self, features: list[Tensor]) -> list[AnchorGrid]:
+        """The anchors of each feature map (B, C, H, W), level-major."""
         return [grid_anchors(base, f.shape[-2], f.shape[-1], stride, f.device, f.dtype)
                 for base, f, stride in zip(self.base_anchors, features, self.backbone.strides)]
 

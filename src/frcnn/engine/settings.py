@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from ..config import ModelConfig, _from_plain, _to_plain
+from ..config import ModelConfig, from_plain, to_plain
 from ..data import DetectionDataset, DetectionTransform, SyntheticConfig, build_dataset
 
 SCHEDULES = ("cosine", "step")
@@ -154,13 +154,13 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts, lists and scalars."""
-        return _to_plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
         """The inverse of ``to_dict``. Keys left out take the defaults of ``RunConfig()``;
         unknown keys are refused."""
-        return _from_plain(cls, merge(cls().to_dict(), data), "config")
+        return from_plain(cls, merge(cls().to_dict(), data), "config")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -174,7 +174,7 @@ class RunConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        return _from_plain(RunConfig, merge(self.to_dict(), _yaml_mapping(path.read_text(), str(path))), "config")
+        return from_plain(RunConfig, merge(self.to_dict(), _yaml_mapping(path.read_text(), str(path))), "config")
 
     def with_assignments(self, assignments: Sequence[str]) -> "RunConfig":
         """This configuration with ``KEY=VALUE`` assignments applied, in order (values in YAML)."""
@@ -191,7 +191,7 @@ class RunConfig:
         plain = self.to_dict()
         for key, value in values.items():
             _assign(plain, key, value)
-        return _from_plain(RunConfig, plain, "config")
+        return from_plain(RunConfig, plain, "config")
 
 
 def _yaml_mapping(text: str, source: str) -> dict[str, Any]:
