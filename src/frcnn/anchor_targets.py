@@ -208,15 +208,16 @@ def _axis_bytes(level: _Level, batch: int, num_boxes: int, element_bytes: int) -
     return 2 * batch * num_base * num_boxes * (height + width) * element_bytes
 
 
-def _plan(level: _Level, batch: int, num_boxes: int, element_bytes: int, budget: int):
-    """Chunks (base-shape range, row range) whose intermediates fit in ``budget`` bytes."""
+def _plan(level: _Level, batch: int, num_boxes: int, element_bytes: int,
+          budget: int) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
+    """Base-shape ranges, each with the row ranges whose intermediates fit in ``budget`` bytes."""
     num_base, height, width = level.shape
     # About two live (B, a, K, h, W) tensors per element: the ratios, plus the smaller tie codes.
     row_bytes = 2 * batch * num_boxes * width * element_bytes
     axis_bytes = _axis_bytes(level, batch, num_boxes, element_bytes) // num_base
     base_step = max(1, min(num_base, budget // max(row_bytes * height, axis_bytes, 1)))
     row_step = height if base_step > 1 else max(1, min(height, budget // row_bytes))
-    return [(shapes, rows) for shapes in _split(num_base, base_step) for rows in _split(height, row_step)]
+    return [(shapes, _split(height, row_step)) for shapes in _split(num_base, base_step)]
 
 
 def _best_per_shape(overlaps: _AxisOverlaps, area_sum: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -273,6 +274,7 @@ def _first_argmax(values: Tensor, dim: int) -> Tensor:
 class _ShapeChunk(NamedTuple):
     start: int
     stop: int
+    row_ranges: list[tuple[int, int]]
     overlaps: _AxisOverlaps
     area_sum: Tensor  # (B, a, K) anchor area + box area
 
@@ -293,10 +295,10 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
     plans = [_plan(level, batch, num_gt, gt.element_size(), config.working_set_bytes) for level in levels]
 
     def shape_chunks(level: _Level, plan: list) -> Iterator[_ShapeChunk]:
-        for start, stop in dict.fromkeys(shapes for shapes, _ in plan):
+        for (start, stop), row_ranges in plan:
             part = _sub_level(level, start, stop)
             overlaps = _axis_overlaps(part, gt, valid, im_info, config.allowed_border, offset)
-            yield _ShapeChunk(start, stop, overlaps, part.area[None, :, None] + gt_area[:, None, :])
+            yield _ShapeChunk(start, stop, row_ranges, overlaps, part.area[None, :, None] + gt_area[:, None, :])
 
     # Axis overlaps are small on a grid: keep them for both sweeps when they fit the budget.
     chunk_lists = [list(shape_chunks(level, plan))
@@ -335,9 +337,7 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
                 # Anchor (a, y, x) is a low-quality match of gt k when shape a reaches k's best IoU
                 # and both its row and its column overlaps with k are shape a's largest.
                 column_hits = (widths == max_width[..., None]) & (shape_best == gt_best[:, None, :])[..., None]
-            for (start, _), (top, bottom) in plans[index]:
-                if start != chunk.start:
-                    continue
+            for top, bottom in chunk.row_ranges:
                 rows = slice(top, bottom)
                 heights = heights_all[..., rows]                                   # (B, a, K, h)
                 shape = (*heights.shape, widths.shape[-1])                         # (B, a, K, h, W)
@@ -350,17 +350,15 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
                          * torch.gather(widths[..., None, :].expand(full), 2, best_gt))
                 best_area_sum = torch.gather(chunk.area_sum[..., None, None].expand(full), 2, best_gt)
                 max_iou[:, shapes, rows] = _iou(inter, best_area_sum)[:, :, 0]
-                if not config.low_quality_matches:
-                    target_gt[:, shapes, rows] = best_gt[:, :, 0]
-                    continue
-                row_hits = heights == max_height[..., None]
-                # Any (row hit and column hit) over k: a 0/1 matrix product, exact in floating point.
-                hit_counts = torch.matmul(row_hits.transpose(-1, -2).to(gt.dtype), column_hits.to(gt.dtype))
-                low_quality[:, shapes, rows] = hit_counts > 0
-                if config.low_quality_reassign:
-                    codes = row_hits[..., :, None] * torch.where(column_hits, gt_code[:, None], 0)[..., None, :]
-                    best_gt = torch.where(hit_counts[:, :, None] > 0, codes.amax(dim=2, keepdim=True).long() - 1,
-                                          best_gt)
+                if config.low_quality_matches:
+                    row_hits = heights == max_height[..., None]
+                    # Any (row hit and column hit) over k: a 0/1 matrix product, exact in floating point.
+                    hit_counts = torch.matmul(row_hits.transpose(-1, -2).to(gt.dtype), column_hits.to(gt.dtype))
+                    low_quality[:, shapes, rows] = hit_counts > 0
+                    if config.low_quality_reassign:
+                        codes = row_hits[..., :, None] * torch.where(column_hits, gt_code[:, None], 0)[..., None, :]
+                        best_gt = torch.where(hit_counts[:, :, None] > 0,
+                                              codes.amax(dim=2, keepdim=True).long() - 1, best_gt)
                 target_gt[:, shapes, rows] = best_gt[:, :, 0]
     return _Match(*(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) for parts in zip(*outputs)))
 
@@ -373,12 +371,13 @@ def _max_ioa(levels: list[_Level], boxes: Tensor, valid: Tensor, im_info: Tensor
     for level in levels:
         num_base, height, width = level.shape
         ioa = boxes.new_empty(batch, num_base, height, width)
-        for (start, stop), (top, bottom) in _plan(level, batch, num_boxes, boxes.element_size(),
-                                                  config.working_set_bytes):
+        for (start, stop), row_ranges in _plan(level, batch, num_boxes, boxes.element_size(),
+                                               config.working_set_bytes):
             overlaps = _axis_overlaps(_sub_level(level, start, stop), boxes, valid, im_info,
                                       config.allowed_border, offset)
-            inter = overlaps.heights[..., top:bottom, None] * overlaps.widths[..., None, :]
-            ioa[:, start:stop, top:bottom] = (inter / level.area[start:stop, None, None, None]).amax(dim=2)
+            for top, bottom in row_ranges:
+                inter = overlaps.heights[..., top:bottom, None] * overlaps.widths[..., None, :]
+                ioa[:, start:stop, top:bottom] = (inter / level.area[start:stop, None, None, None]).amax(dim=2)
         outputs.append(ioa.permute(0, 2, 3, 1).reshape(batch, -1))
     return torch.cat(outputs, dim=1)
 
