@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from frcnn import AnchorTargetConfig, assign_anchor_targets, compute_anchor_targets, generate_anchors, grid_anchors
-from frcnn.sampling import keep_random
+from frcnn.sampling import keep_random, random_keys
 
 GRID = grid_anchors(generate_anchors(16, (0.5, 1, 2), (1, 2, 4)), 12, 16, 16, dtype=torch.float64)
 
@@ -76,9 +76,9 @@ def test_selection_is_uniform():
     draws = 2000
     counts = torch.zeros(300)
     for _ in range(draws):
-        keys = torch.rand(1, 300, generator=generator)
-        kept = keep_random(candidates, keys, torch.tensor([10]), 10)
-        assert int(kept.sum()) == 10 and not (kept & ~candidates).any()
+        keys = random_keys((1, 300), generator=generator)
+        kept, count = keep_random(candidates, keys, torch.tensor([10]), 10)
+        assert int(kept.sum()) == int(count) == 10 and not (kept & ~candidates).any()
         counts += kept[0]
     expected, std = draws * 0.25, math.sqrt(draws * 0.25 * 0.75)
     assert (counts[candidates[0]] - expected).abs().max() < 4.5 * std

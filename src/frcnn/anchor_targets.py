@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from .anchors import AnchorGrid, generate_anchors, grid_anchors
-from .boxes import encode_boxes
-from .sampling import sample_balanced
+from .boxes import box_codes, encode_codes
+from .sampling import random_keys, sample_balanced
 
 Anchors = Tensor | AnchorGrid | Sequence[AnchorGrid]
 
@@ -106,7 +106,10 @@ class AnchorTargetConfig:
 
 class AnchorTargets(NamedTuple):
     """Per-anchor outputs, anchors in order: labels (B, N) in {-1, 0, 1}, bbox_targets,
-    bbox_inside_weights and bbox_outside_weights (B, N, 4), matched_gt (B, N) (-1 unless positive)."""
+    bbox_inside_weights and bbox_outside_weights (B, N, 4), matched_gt (B, N) (-1 unless positive).
+
+    A weight tensor whose four coordinates are equal is an expanded view of a (B, N) one.
+    """
 
     labels: Tensor
     bbox_targets: Tensor
@@ -149,11 +152,9 @@ def _levels(anchors: Anchors, dtype: torch.dtype, offset: float) -> list[_Level]
             for y, x, base in extents]
 
 
-def _anchor_boxes(anchors: Anchors) -> Tensor:
+def _num_anchors(anchors: Anchors) -> int:
     grids = _grids(anchors)
-    if grids is None:
-        return anchors
-    return grids[0].boxes if len(grids) == 1 else torch.cat([grid.boxes for grid in grids])
+    return anchors.shape[0] if grids is None else sum(grid.num_anchors for grid in grids)
 
 
 def _axis_overlap(extents: Tensor, lo: Tensor, hi: Tensor, offset: float) -> Tensor:
@@ -276,7 +277,8 @@ class _ShapeChunk(NamedTuple):
     stop: int
     row_ranges: list[tuple[int, int]]
     overlaps: _AxisOverlaps
-    area_sum: Tensor  # (B, a, K) anchor area + box area
+    area_sum: Tensor                            # (B, a, K) anchor area + box area
+    best: tuple[Tensor, Tensor, Tensor] | None  # ``_best_per_shape``, when low-quality matches are on
 
 
 class _Match(NamedTuple):
@@ -298,7 +300,9 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
         for (start, stop), row_ranges in plan:
             part = _sub_level(level, start, stop)
             overlaps = _axis_overlaps(part, gt, valid, im_info, config.allowed_border, offset)
-            yield _ShapeChunk(start, stop, row_ranges, overlaps, part.area[None, :, None] + gt_area[:, None, :])
+            area_sum = part.area[None, :, None] + gt_area[:, None, :]
+            best = _best_per_shape(overlaps, area_sum) if config.low_quality_matches else None
+            yield _ShapeChunk(start, stop, row_ranges, overlaps, area_sum, best)
 
     # Axis overlaps are small on a grid: keep them for both sweeps when they fit the budget.
     chunk_lists = [list(shape_chunks(level, plan))
@@ -313,7 +317,7 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
     if config.low_quality_matches:
         for index in range(len(levels)):
             for chunk in chunks(index):
-                gt_best = torch.maximum(gt_best, _best_per_shape(chunk.overlaps, chunk.area_sum)[2].amax(dim=1))
+                gt_best = torch.maximum(gt_best, chunk.best[2].amax(dim=1))
         eligible = valid & (gt_best > 0) & (gt_best >= config.min_positive_overlap)
         gt_best = torch.where(eligible, gt_best, torch.full_like(gt_best, math.nan))
 
@@ -323,7 +327,7 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
         num_base, height, width = level.shape
         # (B, H, W, A) buffers, written through (B, A, H, W) views: anchor order without a copy.
         buffers = (gt.new_empty(batch, height, width, num_base),
-                   torch.empty((batch, height, width, num_base), dtype=torch.long, device=gt.device),
+                   torch.empty((batch, height, width, num_base), dtype=torch.int32, device=gt.device),
                    torch.zeros((batch, height, width, num_base), dtype=torch.bool, device=gt.device),
                    torch.empty((batch, height, width, num_base), dtype=torch.bool, device=gt.device))
         outputs.append([t.view(batch, -1) for t in buffers])
@@ -333,7 +337,7 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
             heights_all, widths = chunk.overlaps.heights, chunk.overlaps.widths
             inside[:, shapes] = chunk.overlaps.inside
             if config.low_quality_matches:
-                max_height, max_width, shape_best = _best_per_shape(chunk.overlaps, chunk.area_sum)
+                max_height, max_width, shape_best = chunk.best
                 # Anchor (a, y, x) is a low-quality match of gt k when shape a reaches k's best IoU
                 # and both its row and its column overlaps with k are shape a's largest.
                 column_hits = (widths == max_width[..., None]) & (shape_best == gt_best[:, None, :])[..., None]
@@ -384,9 +388,11 @@ def _max_ioa(levels: list[_Level], boxes: Tensor, valid: Tensor, im_info: Tensor
 
 def _classify(match: _Match, has_gt: Tensor, config: AnchorTargetConfig) -> tuple[Tensor, Tensor]:
     """Positive and negative anchors (B, N) by SPEC step 5; the rest are ignored."""
-    # An image without gt has every taking-part anchor negative, whatever negative_overlap is.
-    below = (match.max_iou < config.negative_overlap) | ~has_gt[:, None]
-    positive = ((match.max_iou >= config.positive_overlap) & has_gt[:, None]) | match.low_quality
+    # An image without gt has max IoU 0 and no low-quality match: infinite thresholds make every
+    # anchor of it negative and none positive, whatever negative_overlap is.
+    no_gt = torch.where(has_gt, 0.0, math.inf)[:, None].to(match.max_iou.dtype)
+    below = match.max_iou < no_gt + config.negative_overlap
+    positive = (match.max_iou >= no_gt + config.positive_overlap) | match.low_quality
     if config.clobber_positives:
         positive = positive & ~below
         negative = below
@@ -397,7 +403,8 @@ def _classify(match: _Match, has_gt: Tensor, config: AnchorTargetConfig) -> tupl
 
 def _labels(positive: Tensor, negative: Tensor) -> Tensor:
     """1 for positive, 0 for negative, -1 for neither: 2p + n - 1 for disjoint masks (B, N)."""
-    return positive.long() * 2 + negative.long() - 1
+    # In int8, then widened once: int64 arithmetic on the (B, N) masks costs several times more.
+    return (positive.to(torch.int8) * 2 + negative.to(torch.int8) - 1).long()
 
 
 def _outside_weights(positive: Tensor, negative: Tensor, positive_weight: float, dtype: torch.dtype) -> Tensor:
@@ -413,6 +420,47 @@ def _outside_weights(positive: Tensor, negative: Tensor, positive_weight: float,
     return positive * per_image(positive, positive_weight) + negative * per_image(negative, 1.0 - positive_weight)
 
 
+def _per_coordinate(per_anchor: Tensor, coordinate_weights: tuple[float, float, float, float]) -> Tensor:
+    """per_anchor (B, N) times four coordinate weights -> (B, N, 4); an expanded view when the
+    four are equal (a broadcast product into a size-4 inner dimension is slow on the CPU)."""
+    first = coordinate_weights[0]
+    if all(weight == first for weight in coordinate_weights):
+        return (per_anchor * first)[..., None].expand(*per_anchor.shape, 4)
+    return per_anchor[..., None] * per_anchor.new_tensor(coordinate_weights)
+
+
+def _anchor_codes(anchors: Anchors, plus_one: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``box_codes`` of all anchors (N, 4) each; a grid keeps its own."""
+    grids = _grids(anchors)
+    if grids is None:
+        return box_codes(anchors.to(dtype), plus_one)
+    per_level = [grid.codes(plus_one, dtype) for grid in grids]
+    if len(per_level) == 1:
+        return per_level[0]
+    codes, scales = zip(*per_level)
+    return torch.cat(codes), torch.cat(scales)
+
+
+def _regression_targets(anchor_codes: Tensor, anchor_scales: Tensor, gt: Tensor, target_gt: Tensor,
+                        has_target: Tensor, config: AnchorTargetConfig) -> Tensor:
+    """Deltas from anchor n to gt target_gt[b, n] where has_target[b, n], zeros elsewhere: (B, N, 4).
+
+    anchor_codes and anchor_scales (N, 4) from ``box_codes``, gt (B, K, 4), target_gt and
+    has_target (B, N). Each gt's code is computed once and gathered, and the per-anchor work runs
+    on contiguous (B, N, 4) tensors.
+    """
+    batch, num_gt = gt.shape[:2]
+    num_anchors = anchor_codes.shape[0]
+    # Anchors without a target gather their own code: their deltas come out exactly zero with no
+    # masking pass (and no -inf * 0 from a degenerate gt's log width).
+    table = torch.cat((box_codes(gt, config.legacy_plus_one)[0].reshape(-1, 4), anchor_codes))
+    image_rows = torch.arange(0, batch * num_gt, num_gt, device=gt.device, dtype=target_gt.dtype)
+    own_rows = torch.arange(batch * num_gt, batch * num_gt + num_anchors, device=gt.device, dtype=target_gt.dtype)
+    rows = torch.where(has_target, target_gt + image_rows[:, None], own_rows)
+    matched = table.index_select(0, rows.view(-1)).view(batch, num_anchors, 4)
+    return encode_codes(matched, anchor_codes, anchor_scales, config.bbox_weights, out=matched)
+
+
 def compute_anchor_targets(
     anchors: Anchors,
     gt_boxes: Tensor,
@@ -425,8 +473,8 @@ def compute_anchor_targets(
 ) -> AnchorTargets:
     """The assignment itself, on checked inputs: no validation, no host synchronisation.
 
-    ``sample_keys`` (B, N) uniform in [0, 1) drive the subsampling; when None and subsampling is
-    on they are drawn from the global generator. This is the function to ``torch.compile``.
+    ``sample_keys`` (B, N) from ``frcnn.sampling.random_keys`` drive the subsampling; when None
+    and subsampling is on they are drawn from the global generator. This is the function to ``torch.compile``.
     """
     dtype = gt_boxes.dtype
     offset = 1.0 if config.legacy_plus_one else 0.0
@@ -452,20 +500,17 @@ def compute_anchor_targets(
 
     if config.batch_size is not None:
         if sample_keys is None:
-            sample_keys = torch.rand(positive.shape, device=positive.device)
+            sample_keys = random_keys(positive.shape, positive.device)
         positive, negative = sample_balanced(positive, negative, config.batch_size, config.fg_fraction, sample_keys)
 
-    target_gt = match.target_gt
-    boxes = _anchor_boxes(anchors).to(dtype)
-    matched_boxes = torch.gather(gt, 1, target_gt[..., None].expand(-1, -1, 4))
-    targets = encode_boxes(boxes[None], matched_boxes, config.bbox_weights, config.legacy_plus_one)
-    # where, not a product: a degenerate gt (x2 == x1, continuous) encodes to -inf, and -inf * 0 is NaN.
-    targets = torch.where((match.inside & has_gt[:, None])[..., None], targets, 0.0)
-
-    inside_weights = positive[..., None] * torch.tensor(config.bbox_inside_weights, dtype=dtype, device=gt.device)
-    # The same normaliser for all four coordinates: an expanded (B, N, 4) view.
-    outside_weights = _outside_weights(positive, negative, config.positive_weight, dtype)[..., None].expand(-1, -1, 4)
-    matched_gt = (target_gt + 1) * positive - 1
+    # Every taking-part anchor of an image with gt gets a target (SPEC step 7), sampled or not.
+    has_target = match.inside & has_gt[:, None]
+    targets = _regression_targets(*_anchor_codes(anchors, config.legacy_plus_one, dtype), gt, match.target_gt,
+                                  has_target, config)
+    inside_weights = _per_coordinate(positive.to(dtype), config.bbox_inside_weights)
+    outside_weights = _per_coordinate(_outside_weights(positive, negative, config.positive_weight, dtype),
+                                      (1.0, 1.0, 1.0, 1.0))
+    matched_gt = match.target_gt.long().masked_fill_(~positive, -1)
     return AnchorTargets(_labels(positive, negative), targets, inside_weights, outside_weights, matched_gt)
 
 
@@ -556,9 +601,8 @@ def assign_anchor_targets(
         _check_inputs(anchors, gt_boxes, num_boxes, im_info, ignore_boxes, num_ignore)
     sample_keys = None
     if config.batch_size is not None and generator is not None:
-        num_anchors = _anchor_boxes(anchors).shape[0]
-        sample_keys = torch.rand((gt_boxes.shape[0], num_anchors), generator=generator,
-                                 device=gt_boxes.device)
+        num_anchors = _num_anchors(anchors)
+        sample_keys = random_keys((gt_boxes.shape[0], num_anchors), gt_boxes.device, generator)
     return compute_anchor_targets(anchors, gt_boxes, num_boxes, im_info, config, ignore_boxes,
                                   num_ignore, sample_keys)
 

@@ -9,6 +9,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .boxes import box_codes
+
 
 def generate_anchors(
     base_size: int = 16,
@@ -47,6 +49,7 @@ class AnchorGrid:
     width: int
     stride: int
     boxes: Tensor = field(init=False, repr=False)
+    _codes: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         shape = (self.height, self.width, self.num_base)
@@ -62,6 +65,13 @@ class AnchorGrid:
     @property
     def num_anchors(self) -> int:
         return self.height * self.width * self.num_base
+
+    def codes(self, plus_one: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``frcnn.boxes.box_codes`` of the anchors in ``dtype``, computed once per grid."""
+        key = (plus_one, dtype)
+        if key not in self._codes:
+            self._codes[key] = box_codes(self.boxes.to(dtype), plus_one)
+        return self._codes[key]
 
     def x_intervals(self) -> Tensor:
         """(W, A, 2): the (x1, x2) extent of every anchor of column x."""

@@ -57,6 +57,39 @@ def _centers_and_sizes(boxes: Tensor, plus_one: bool) -> tuple[Tensor, Tensor]:
     return boxes[..., :2] + 0.5 * sizes, sizes
 
 
+def box_codes(boxes: Tensor, plus_one: bool = False) -> tuple[Tensor, Tensor]:
+    """Codes (cx, cy, log w, log h) and scales (w, h, 1, 1) of boxes (..., 4): two (..., 4).
+
+    A regression delta is (target code - reference code) / reference scale, so a box's code can
+    be computed once and gathered for every reference it is matched to.
+    """
+    centers, sizes = _centers_and_sizes(boxes, plus_one)
+    codes = torch.empty(boxes.shape, dtype=sizes.dtype, device=boxes.device)
+    scales = torch.ones_like(codes)
+    # Written into the halves of one buffer: a cat of (..., 2) halves is a slow interleaving copy.
+    codes[..., :2] = centers
+    # The log is taken in double precision and rounded once: eager and compiled single-precision
+    # logs differ in the last bit.
+    codes[..., 2:] = torch.log(sizes.double())
+    scales[..., :2] = sizes
+    return codes, scales
+
+
+def encode_codes(
+    target_codes: Tensor,
+    reference_codes: Tensor,
+    reference_scales: Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+    out: Tensor | None = None,
+) -> Tensor:
+    """Regression deltas (..., 4) from ``box_codes`` of targets and references (broadcasting),
+    written into ``out`` when given (which may be ``target_codes``)."""
+    deltas = torch.sub(target_codes, reference_codes, out=out).div_(reference_scales)
+    if weights != (1.0, 1.0, 1.0, 1.0):
+        deltas.mul_(deltas.new_tensor(weights))
+    return deltas
+
+
 def encode_boxes(
     reference: Tensor,
     target: Tensor,
@@ -65,21 +98,10 @@ def encode_boxes(
 ) -> Tensor:
     """Regression deltas (..., 4) that move reference boxes (..., 4) onto target boxes (..., 4).
 
-    dx = wx (tx - rx) / rw, dy = wy (ty - ry) / rh, dw = ww log(tw / rw), dh = wh log(th / rh),
-    with centres x1 + w / 2 and sizes by the chosen pixel convention.
+    dx = wx (tx - rx) / rw, dy = wy (ty - ry) / rh, dw = ww (log tw - log rw),
+    dh = wh (log th - log rh), with centres x1 + w / 2 and sizes by the chosen pixel convention.
     """
-    reference_centers, reference_sizes = _centers_and_sizes(reference, plus_one)
-    target_centers, target_sizes = _centers_and_sizes(target, plus_one)
-    # The log is taken in double precision: eager and compiled single-precision logs differ in the
-    # last bit, and rounding a double log to single agrees with both.
-    shape = torch.broadcast_shapes(reference.shape, target.shape)
-    deltas = torch.empty(shape, dtype=target_sizes.dtype, device=target.device)
-    # Written into the halves of one buffer: a cat of (..., 2) halves is a slow interleaving copy.
-    deltas[..., :2] = (target_centers - reference_centers) / reference_sizes
-    deltas[..., 2:] = torch.log((target_sizes / reference_sizes).double())
-    if weights != (1.0, 1.0, 1.0, 1.0):
-        deltas = deltas * deltas.new_tensor(weights)
-    return deltas
+    return encode_codes(box_codes(target, plus_one)[0], *box_codes(reference, plus_one), weights)
 
 
 def decode_boxes(

@@ -14,7 +14,7 @@ from .backbones import BoxHead
 from .boxes import box_area, box_iou, clip_boxes, decode_boxes, encode_boxes
 from .config import HeadConfig, InferenceConfig, RoISamplingConfig
 from .rpn import Proposals, gather_rows, smooth_l1
-from .sampling import sample_balanced
+from .sampling import random_keys, sample_balanced
 
 # Above this many elements, the dense RoIAlign's (B, r * S, C * W) intermediate is made in chunks
 # of r RoIs: large fresh buffers cost more in page faults than the products that fill them.
@@ -72,7 +72,7 @@ def sample_rois(proposals: Proposals, gt_boxes: Tensor, num_boxes: Tensor, confi
     max_iou = max_iou.clamp(min=0.0)
     foreground = usable & (max_iou >= config.fg_threshold)
     background = usable & (max_iou < config.bg_threshold_hi) & (max_iou >= config.bg_threshold_lo)
-    keys = torch.rand(foreground.shape, generator=generator, device=foreground.device)
+    keys = random_keys(foreground.shape, foreground.device, generator)
     keep_fg, keep_bg = sample_balanced(foreground, background, config.batch_size_per_image, config.fg_fraction,
                                        keys)
     index, filled = _first_true(keep_fg | keep_bg, config.batch_size_per_image)

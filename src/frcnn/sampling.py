@@ -5,20 +5,30 @@ import torch
 from torch import Tensor
 
 
-def keep_random(candidates: Tensor, keys: Tensor, counts: Tensor, max_count: int) -> Tensor:
+def random_keys(shape: tuple[int, ...], device: torch.device | str | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+    """I.i.d. uniform sampling keys: odd int32 values in [1, 2**31) (odd so that none is zero)."""
+    if torch.compiler.is_compiling():  # dynamo cannot trace random_
+        return torch.randint(0, 2**31 - 1, shape, dtype=torch.int32, device=device).bitwise_or_(1)
+    # The full-range draw is one generator word per element, half the cost of a bounded draw.
+    keys = torch.empty(shape, dtype=torch.int32, device=device)
+    return keys.random_(generator=generator).bitwise_or_(1)
+
+
+def keep_random(candidates: Tensor, keys: Tensor, counts: Tensor, max_count: int) -> tuple[Tensor, Tensor]:
     """Keep ``counts[b]`` (at most ``max_count``) of row b's candidates, uniformly at random.
 
-    candidates (B, N) bool, keys (B, N) i.i.d. uniform in [0, 1), counts (B,) -> kept (B, N) bool.
-    The candidates with the largest keys are kept: for i.i.d. keys that is a uniformly random
-    subset without replacement, and a fixed-size top-k keeps the shapes static.
+    candidates (B, N) bool, keys (B, N) from ``random_keys``, counts (B,) -> kept (B, N) bool and
+    the number kept per row (B,). The candidates with the largest keys are kept: for i.i.d. keys
+    that is a uniformly random subset without replacement, and a fixed-size top-k keeps the
+    shapes static.
     """
     k = min(max_count, candidates.shape[1])
-    # Candidates keep their key; the others drop below zero (arithmetic is cheaper than where).
-    scores = keys - (~candidates).to(keys.dtype)
-    top_scores, top_index = scores.topk(k, dim=1, sorted=True)
+    # Non-candidates score 0, below every candidate's (positive) key.
+    top_scores, top_index = (keys * candidates).topk(k, dim=1, sorted=True)
     rank = torch.arange(k, device=candidates.device)
-    chosen = (top_scores >= 0) & (rank[None, :] < counts[:, None])
-    return torch.zeros_like(candidates).scatter(1, top_index, chosen)
+    chosen = (top_scores > 0) & (rank[None, :] < counts[:, None])
+    return torch.zeros_like(candidates).scatter_(1, top_index, chosen), chosen.sum(dim=1)
 
 
 def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, fg_fraction: float,
@@ -26,12 +36,11 @@ def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, fg_frac
     """Per row, keep at most int(fg_fraction * batch_size) positives, then fill the rest of
     ``batch_size`` with negatives, each uniformly at random.
 
-    positive, negative (B, N) disjoint bool masks; keys (B, N) uniform in [0, 1).
+    positive, negative (B, N) disjoint bool masks; keys (B, N) from ``random_keys``.
     Returns the kept positives and kept negatives, (B, N) bool each.
     """
     num_fg = int(fg_fraction * batch_size)
     fg_counts = torch.full(positive.shape[:1], num_fg, device=positive.device)
-    keep_pos = keep_random(positive, keys, fg_counts, num_fg)
-    bg_counts = batch_size - keep_pos.sum(dim=1)
-    keep_neg = keep_random(negative, keys, bg_counts, batch_size)
+    keep_pos, kept_pos = keep_random(positive, keys, fg_counts, num_fg)
+    keep_neg, _ = keep_random(negative, keys, batch_size - kept_pos, batch_size)
     return keep_pos, keep_neg
