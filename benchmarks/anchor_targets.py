@@ -1,19 +1,30 @@
 """RPN anchor targets: frcnn against torchvision's per-image path, and peak memory on an FPN case.
 
-    .venv/bin/python benchmarks/anchor_targets.py [--repeats 25] [--skip-memory]
+    .venv/bin/python benchmarks/anchor_targets.py [--repeats 24] [--skip-memory] [--warm-heap]
 
 Both sides run in this process with 2 threads on the same anchors and boxes; medians of
 interleaved runs. "frcnn (torchvision preset)" does the same work as torchvision's
 box_iou + Matcher + BalancedPositiveNegativeSampler + BoxCoder.encode; "frcnn (default)" is the
 Caffe semantics (border filter, +1 pixels).
+
+``--warm-heap`` reruns the table with glibc's malloc held where a long-running process ends up
+(mmap threshold at its 32 MiB dynamic maximum, no trimming): in a fresh process many of both
+sides' multi-megabyte temporaries are fresh pages, and the page faults cost torchvision's path
+up to half its time, an amount that depends on what ran before.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import time
+
+# OpenMP reads this when torch loads. Both sides are chains of short parallel ops, for which
+# sleeping between ops (PASSIVE, which frcnn's import picks when nothing is set) would mostly time
+# thread wake-ups; run with OMP_WAIT_POLICY=PASSIVE to see that case.
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 import torch
 from torchvision.models.detection import _utils as det_utils
@@ -22,6 +33,7 @@ from torchvision.ops import box_iou
 from frcnn import AnchorTargetConfig, assign_anchor_targets, generate_anchors, grid_anchors
 
 IMAGE_HEIGHT, IMAGE_WIDTH, STRIDE = 600, 1000, 16
+WARM_HEAP = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
 
 
 def random_gt(batch: int, num_gt: int, height: float, width: float, seed: int) -> torch.Tensor:
@@ -65,7 +77,8 @@ def speed_table(repeats: int) -> None:
     preset = AnchorTargetConfig.preset("torchvision")
     default = AnchorTargetConfig()
     print(f"{IMAGE_HEIGHT}x{IMAGE_WIDTH} image, {height}x{width} cells x 9 = {anchors.shape[0]} anchors, "
-          f"{torch.get_num_threads()} threads; median ms per call over {repeats} runs")
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', 'unset')}; median ms per call over {repeats} runs")
     print(f"| gts | B | torchvision | frcnn (torchvision preset) | speed-up | frcnn (default) | speed-up |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for num_gt in (20, 100):
@@ -131,11 +144,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=24, help="timed runs per case (default 24)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the FPN peak-memory case")
+    parser.add_argument("--warm-heap", action="store_true",
+                        help="also run the table with malloc in a long-running process's steady state")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         fpn_memory_child()
         return
+    if args.warm_heap:
+        command = [sys.executable, __file__, "--repeats", str(args.repeats), "--skip-memory"]
+        subprocess.run(command, check=True, env={**os.environ, "GLIBC_TUNABLES": WARM_HEAP})
     torch.set_num_threads(2)
     speed_table(args.repeats)
     if not args.skip_memory:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .anchors import AnchorGrid, generate_anchors, grid_anchors
+from . import native
 from .boxes import box_codes, encode_codes
 from .sampling import random_keys, sample_balanced
 
@@ -272,6 +273,30 @@ def _first_argmax(values: Tensor, dim: int) -> Tensor:
     return size - codes.amax(dim=dim, keepdim=True).long()
 
 
+def _rank_gts(heights: Tensor, widths: Tensor, area_sum: Tensor) -> tuple[Tensor, Tensor]:
+    """Per anchor (B, a, h, W): the lowest gt reaching the largest I / (area_a + area_g), and
+    that gt's IoU. heights (B, a, K, h), widths (B, a, K, W), area_sum (B, a, K).
+
+    IoU = I / (S - I) grows with I / S, which takes one division fewer to rank; the IoU itself is
+    recomputed for the chosen gt with the one formula of every path. On the CPU a compiled kernel
+    does it in one sweep that skips zero overlaps (same values, bit for bit).
+    """
+    kernels = native.kernels() if heights.device.type == "cpu" and not torch.compiler.is_compiling() else None
+    if kernels is not None:
+        batch, num_base, num_gt, height = heights.shape
+        best_gt, max_iou = kernels.rank_gts(heights.reshape(-1, num_gt, height),
+                                            widths.reshape(-1, num_gt, widths.shape[-1]), area_sum.reshape(-1, num_gt))
+        return best_gt.view(batch, num_base, height, -1), max_iou.view(batch, num_base, height, -1)
+    shape = (*heights.shape, widths.shape[-1])  # (B, a, K, h, W)
+    ratio = torch.mul(heights[..., :, None], widths[..., None, :], out=_scratch("ratio", shape, heights.dtype,
+                                                                                heights.device))
+    best_gt = _first_argmax(ratio.div_(area_sum[..., None, None]), dim=2)
+    inter = (torch.gather(heights[..., None].expand(shape), 2, best_gt)
+             * torch.gather(widths[..., None, :].expand(shape), 2, best_gt))
+    best_area_sum = torch.gather(area_sum[..., None, None].expand(shape), 2, best_gt)
+    return best_gt[:, :, 0], _iou(inter, best_area_sum)[:, :, 0]
+
+
 class _ShapeChunk(NamedTuple):
     start: int
     stop: int
@@ -344,16 +369,8 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
             for top, bottom in chunk.row_ranges:
                 rows = slice(top, bottom)
                 heights = heights_all[..., rows]                                   # (B, a, K, h)
-                shape = (*heights.shape, widths.shape[-1])                         # (B, a, K, h, W)
-                ratio = torch.mul(heights[..., :, None], widths[..., None, :],
-                                  out=_scratch("ratio", shape, gt.dtype, gt.device))
-                # IoU = I / (S - I) grows with I / S, which takes one division fewer to rank.
-                best_gt = _first_argmax(ratio.div_(chunk.area_sum[..., None, None]), dim=2)
-                full = ratio.shape
-                inter = (torch.gather(heights[..., None].expand(full), 2, best_gt)
-                         * torch.gather(widths[..., None, :].expand(full), 2, best_gt))
-                best_area_sum = torch.gather(chunk.area_sum[..., None, None].expand(full), 2, best_gt)
-                max_iou[:, shapes, rows] = _iou(inter, best_area_sum)[:, :, 0]
+                best_gt, best_iou = _rank_gts(heights, widths, chunk.area_sum)    # (B, a, h, W)
+                max_iou[:, shapes, rows] = best_iou
                 if config.low_quality_matches:
                     row_hits = heights == max_height[..., None]
                     # Any (row hit and column hit) over k: a 0/1 matrix product, exact in floating point.
@@ -361,9 +378,8 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
                     low_quality[:, shapes, rows] = hit_counts > 0
                     if config.low_quality_reassign:
                         codes = row_hits[..., :, None] * torch.where(column_hits, gt_code[:, None], 0)[..., None, :]
-                        best_gt = torch.where(hit_counts[:, :, None] > 0,
-                                              codes.amax(dim=2, keepdim=True).long() - 1, best_gt)
-                target_gt[:, shapes, rows] = best_gt[:, :, 0]
+                        best_gt = torch.where(hit_counts > 0, codes.amax(dim=2).long() - 1, best_gt)
+                target_gt[:, shapes, rows] = best_gt
     return _Match(*(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) for parts in zip(*outputs)))
 
 

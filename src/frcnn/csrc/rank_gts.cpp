@@ -1,0 +1,145 @@
+// The dense step of the anchor target layer, fused: per anchor of a grid level, the gt with the
+// largest I / (area_a + area_g) (the lowest index among exact ties) and that gt's IoU.
+//
+// heights (R, K, H) and widths (R, K, W) are the row and column overlaps of the anchors of R
+// (image, anchor shape) pairs with K gts, area_sum (R, K) their area sums: anchor (r, y, x)
+// meets gt k in heights[r, k, y] * widths[r, k, x]. Returns best (R, H, W) int64 and
+// max_iou (R, H, W). The arithmetic is the eager path's (ratio = (h * w) / s, IoU = I / (s - I)
+// in the inputs' dtype, built without fused multiply-adds), so both agree bit for bit.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cstring>
+#include <vector>
+
+namespace {
+
+template <typename scalar_t>
+struct SameSizeInt;
+template <>
+struct SameSizeInt<float> {
+  using type = int32_t;
+};
+template <>
+struct SameSizeInt<double> {
+  using type = int64_t;
+};
+
+// a where mask is all ones, b where it is zero: a bitwise select, which vectorises on plain SSE2
+// where a conditional does not.
+template <typename scalar_t, typename mask_t>
+inline scalar_t pick(mask_t mask, scalar_t a, scalar_t b) {
+  mask_t bits_a, bits_b;
+  std::memcpy(&bits_a, &a, sizeof a);
+  std::memcpy(&bits_b, &b, sizeof b);
+  const mask_t bits = (bits_a & mask) | (bits_b & ~mask);
+  scalar_t out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+// [start, stop) of the columns where a (pair, gt) overlap is non-zero; start = stop if none.
+template <typename scalar_t>
+void column_ranges(const scalar_t* widths, int64_t count, int64_t width, int64_t* start, int64_t* stop) {
+  at::parallel_for(0, count, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* w = widths + i * width;
+      int64_t first = 0;
+      while (first < width && !(w[first] > 0)) {
+        ++first;
+      }
+      int64_t last = width;
+      while (last > first && !(w[last - 1] > 0)) {
+        --last;
+      }
+      start[i] = first;
+      stop[i] = last;
+    }
+  });
+}
+
+template <typename scalar_t>
+void rank_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* area_sum, const int64_t* start,
+               const int64_t* stop, int64_t num_gt, int64_t height, int64_t width, int64_t begin, int64_t end,
+               int64_t* best, scalar_t* max_iou) {
+  using mask_t = typename SameSizeInt<scalar_t>::type;
+  std::vector<scalar_t> ratio_buffer(width), inter_buffer(width), sum_buffer(width);
+  std::vector<int32_t> gt_buffer(width);
+  scalar_t* __restrict ratios = ratio_buffer.data();
+  scalar_t* __restrict inters = inter_buffer.data();
+  scalar_t* __restrict sums = sum_buffer.data();
+  int32_t* __restrict gts = gt_buffer.data();
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t pair = row / height;
+    const int64_t y = row % height;
+    // Every ratio is >= 0, so an anchor that meets no gt ends at (ratio 0, gt 0), where a
+    // first-index argmax over all-zero ratios ends; a strict > keeps the lowest tied index.
+    for (int64_t x = 0; x < width; ++x) {
+      ratios[x] = 0;
+      inters[x] = 0;
+      sums[x] = area_sum[pair * num_gt];
+      gts[x] = 0;
+    }
+    for (int64_t k = 0; k < num_gt; ++k) {
+      const int64_t index = pair * num_gt + k;
+      const scalar_t h = heights[index * height + y];
+      if (!(h > 0)) {
+        continue;  // ratio 0 on the whole row: never above the running best
+      }
+      const scalar_t s = area_sum[index];
+      const scalar_t* __restrict w = widths + index * width;
+      const int32_t code = static_cast<int32_t>(k);
+      // Outside [start, stop) the column overlap and the ratio are 0.
+      for (int64_t x = start[index]; x < stop[index]; ++x) {
+        const scalar_t inter = h * w[x];
+        const scalar_t ratio = inter / s;
+        const mask_t mask = -static_cast<mask_t>(ratio > ratios[x]);
+        ratios[x] = pick(mask, ratio, ratios[x]);
+        inters[x] = pick(mask, inter, inters[x]);
+        sums[x] = pick(mask, s, sums[x]);
+        const int32_t gt_mask = static_cast<int32_t>(mask);
+        gts[x] = (code & gt_mask) | (gts[x] & ~gt_mask);
+      }
+    }
+    int64_t* __restrict best_row = best + row * width;
+    scalar_t* __restrict iou_row = max_iou + row * width;
+    for (int64_t x = 0; x < width; ++x) {
+      best_row[x] = gts[x];
+      iou_row[x] = inters[x] / (sums[x] - inters[x]);
+    }
+  }
+}
+
+std::vector<at::Tensor> rank_gts(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& area_sum) {
+  TORCH_CHECK(heights.device().is_cpu() && widths.device().is_cpu() && area_sum.device().is_cpu(),
+              "rank_gts: CPU tensors only");
+  TORCH_CHECK(heights.dim() == 3 && widths.dim() == 3 && area_sum.dim() == 2 && widths.size(0) == heights.size(0) &&
+                  widths.size(1) == heights.size(1) && area_sum.size(0) == heights.size(0) &&
+                  area_sum.size(1) == heights.size(1),
+              "rank_gts: expected heights (R, K, H), widths (R, K, W), area_sum (R, K)");
+  TORCH_CHECK(widths.scalar_type() == heights.scalar_type() && area_sum.scalar_type() == heights.scalar_type(),
+              "rank_gts: one floating dtype for all inputs");
+  const auto h = heights.contiguous();
+  const auto w = widths.contiguous();
+  const auto s = area_sum.contiguous();
+  const int64_t pairs = h.size(0), num_gt = h.size(1), height = h.size(2), width = w.size(2);
+  auto best = at::empty({pairs, height, width}, h.options().dtype(at::kLong));
+  auto max_iou = at::empty({pairs, height, width}, h.options());
+  std::vector<int64_t> start(pairs * num_gt), stop(pairs * num_gt);
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "rank_gts", [&] {
+    column_ranges<scalar_t>(w.data_ptr<scalar_t>(), pairs * num_gt, width, start.data(), stop.data());
+    at::parallel_for(0, pairs * height, 8, [&](int64_t begin, int64_t end) {
+      rank_rows<scalar_t>(h.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), start.data(),
+                          stop.data(), num_gt, height, width, begin, end, best.data_ptr<int64_t>(),
+                          max_iou.data_ptr<scalar_t>());
+    });
+  });
+  return {best, max_iou};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rank_gts", &rank_gts, "Per-anchor best gt and its IoU over a grid level (CPU)");
+}

@@ -1,0 +1,41 @@
+"""Compiled CPU kernels, built on first use with torch's C++ extension loader (g++ and ninja).
+
+Where no build is possible the callers fall back to their PyTorch-op paths, which compute the
+same values bit for bit; ``FRCNN_NATIVE=0`` in the environment forces that fallback.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+_SOURCES = [Path(__file__).with_name("csrc") / "rank_gts.cpp"]
+# No fused multiply-adds: the kernels must round exactly as the PyTorch-op paths do.
+_FLAGS = ["-O3", "-ffp-contract=off"]
+
+_lock = threading.Lock()
+_state: dict[str, ModuleType | None] = {}
+
+
+def kernels() -> ModuleType | None:
+    """The compiled module (``rank_gts``), or None where it is disabled or cannot be built."""
+    if "module" not in _state:
+        with _lock:
+            if "module" not in _state:
+                _state["module"] = _build()
+    return _state["module"]
+
+
+def _build() -> ModuleType | None:
+    if os.environ.get("FRCNN_NATIVE", "1") == "0":
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load("frcnn_native", [str(path) for path in _SOURCES], extra_cflags=_FLAGS, verbose=False)
+    except Exception as error:  # no compiler, no ninja, an unsupported platform: all mean fallback
+        warnings.warn(f"frcnn: compiled CPU kernels unavailable ({type(error).__name__}: {error}); "
+                      f"using the PyTorch-op paths", RuntimeWarning, stacklevel=2)
+        return None

@@ -1,0 +1,73 @@
+"""The compiled CPU kernel against the PyTorch-op path it replaces: equal bit for bit."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from frcnn import AnchorTargetConfig, assign_anchor_targets, concat_anchors, generate_anchors, grid_anchors, native
+from frcnn.anchor_targets import _rank_gts
+
+needs_kernels = pytest.mark.skipif(native.kernels() is None, reason="the compiled CPU kernels cannot be built here")
+
+
+def both_paths(monkeypatch, fn):
+    """fn() with the compiled kernel, then with the PyTorch-op path."""
+    compiled = fn()
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "kernels", lambda: None)
+        fallback = fn()
+    return compiled, fallback
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_gts_kernel_equals_op_path_on_tie_heavy_overlaps(monkeypatch, dtype):
+    """Small integer overlaps make exact ties everywhere, zero rows and zero columns common."""
+    generator = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        num_gt = int(torch.randint(1, 13, (), generator=generator))
+        heights = torch.randint(0, 4, (2, 3, num_gt, 7), generator=generator).to(dtype)
+        widths = torch.randint(0, 4, (2, 3, num_gt, 9), generator=generator).to(dtype)
+        area_sum = torch.randint(20, 24, (2, 3, num_gt), generator=generator).to(dtype)
+        compiled, fallback = both_paths(monkeypatch, lambda: _rank_gts(heights, widths, area_sum))
+        for got, want in zip(compiled, fallback):
+            assert got.dtype == want.dtype and got.shape == want.shape == (2, 3, 7, 9)
+            assert torch.equal(got, want), trial
+
+
+@needs_kernels
+@pytest.mark.parametrize("spec", [{}, {"low_quality_reassign": True, "min_positive_overlap": 0.3},
+                                  {"allowed_border": None, "legacy_plus_one": False},
+                                  {"working_set_bytes": 4096}])
+def test_layer_outputs_are_identical_with_and_without_the_kernel(monkeypatch, spec):
+    torch.manual_seed(0)
+    levels = [grid_anchors(generate_anchors(), 19, 32, 16), grid_anchors(generate_anchors(32, scales=(4, 8)), 10, 16, 32)]
+    corners = torch.rand(3, 25, 2) * 400
+    gt = torch.cat([corners, corners + torch.rand(3, 25, 2) * 200 + 1, torch.ones(3, 25, 1)], dim=-1)
+    gt[:, 5] = gt[:, 4]  # an exact duplicate: a tie
+    num = torch.tensor([25, 0, 11])
+    im_info = torch.tensor([[300.0, 500.0, 1.0], [320.0, 512.0, 1.0], [250.5, 511.0, 1.0]])
+    config = AnchorTargetConfig(**spec)
+    for anchors in (levels, concat_anchors(levels)):
+        compiled, fallback = both_paths(monkeypatch, lambda: assign_anchor_targets(
+            anchors, gt, num, im_info, config, generator=torch.Generator().manual_seed(1)))
+        for name, got, want in zip(compiled._fields, compiled, fallback):
+            assert torch.equal(got, want), name
+        assert (compiled.labels == 1).sum() > 10
+
+
+def test_native_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("FRCNN_NATIVE", "0")
+    assert native._build() is None
+
+
+def test_a_failed_build_warns_and_falls_back(monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.delenv("FRCNN_NATIVE", raising=False)
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    with pytest.warns(RuntimeWarning, match="no C.. compiler"):
+        assert native._build() is None
