@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from frcnn import AnchorTargetConfig, assign_anchor_targets, concat_anchors, generate_anchors, grid_anchors, native
-from frcnn.anchor_targets import _rank_gts
+from frcnn.anchor_targets import _low_quality_gt, _rank_gts
 
 needs_kernels = pytest.mark.skipif(native.kernels() is None, reason="the compiled CPU kernels cannot be built here")
 
@@ -33,6 +33,22 @@ def test_rank_gts_kernel_equals_op_path_on_tie_heavy_overlaps(monkeypatch, dtype
         for got, want in zip(compiled, fallback):
             assert got.dtype == want.dtype and got.shape == want.shape == (2, 3, 7, 9)
             assert torch.equal(got, want), trial
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_low_quality_kernel_equals_op_path(monkeypatch, dtype):
+    generator = torch.Generator().manual_seed(4)
+    for trial in range(40):
+        num_gt = int(torch.randint(1, 13, (), generator=generator))
+        heights = torch.randint(0, 3, (2, 3, num_gt, 7), generator=generator).to(dtype)
+        widths = torch.randint(0, 3, (2, 3, num_gt, 9), generator=generator).to(dtype)
+        eligible = torch.rand(2, 3, num_gt, generator=generator) < 0.7
+        inputs = (heights, widths, heights.amax(dim=3), widths.amax(dim=3), eligible)
+        compiled, fallback = both_paths(monkeypatch, lambda: _low_quality_gt(*inputs))
+        assert compiled.dtype == fallback.dtype == torch.long and compiled.shape == (2, 3, 7, 9)
+        assert torch.equal(compiled, fallback), trial
+        assert (compiled >= 0).any() and (compiled < 0).any()
 
 
 @needs_kernels

@@ -297,6 +297,27 @@ def _rank_gts(heights: Tensor, widths: Tensor, area_sum: Tensor) -> tuple[Tensor
     return best_gt[:, :, 0], _iou(inter, best_area_sum)[:, :, 0]
 
 
+def _low_quality_gt(heights: Tensor, widths: Tensor, max_height: Tensor, max_width: Tensor,
+                    eligible: Tensor) -> Tensor:
+    """Per anchor (B, a, h, W): the highest eligible gt it is a best anchor of, or -1.
+
+    heights (B, a, K, h), widths (B, a, K, W); max_height, max_width, eligible (B, a, K). Anchor
+    (a, y, x) is one of gt k's best when shape a reaches k's best IoU (``eligible``) and both its
+    row and its column overlaps with k are shape a's largest (equal to the IoU-equality rule).
+    """
+    kernels = native.kernels() if heights.device.type == "cpu" and not torch.compiler.is_compiling() else None
+    if kernels is not None:
+        batch, num_base, num_gt, height = heights.shape
+        flat = [t.reshape(batch * num_base, num_gt, -1) for t in (heights, widths)]
+        gt = kernels.low_quality_gt(*flat, *(t.reshape(-1, num_gt) for t in (max_height, max_width, eligible)))
+        return gt.view(batch, num_base, height, -1)
+    num_gt = heights.shape[2]
+    gt_code = torch.arange(1, num_gt + 1, device=heights.device).to(_smallest_int_dtype(num_gt + 1))
+    row_hits = heights == max_height[..., None]
+    column_codes = torch.where((widths == max_width[..., None]) & eligible[..., None], gt_code[:, None], 0)
+    return (row_hits[..., :, None] * column_codes[..., None, :]).amax(dim=2).long() - 1
+
+
 class _ShapeChunk(NamedTuple):
     start: int
     stop: int
@@ -346,7 +367,6 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
         eligible = valid & (gt_best > 0) & (gt_best >= config.min_positive_overlap)
         gt_best = torch.where(eligible, gt_best, torch.full_like(gt_best, math.nan))
 
-    gt_code = torch.arange(1, num_gt + 1, device=gt.device).to(_smallest_int_dtype(num_gt + 1))
     outputs = []
     for index, level in enumerate(levels):
         num_base, height, width = level.shape
@@ -363,22 +383,17 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
             inside[:, shapes] = chunk.overlaps.inside
             if config.low_quality_matches:
                 max_height, max_width, shape_best = chunk.best
-                # Anchor (a, y, x) is a low-quality match of gt k when shape a reaches k's best IoU
-                # and both its row and its column overlaps with k are shape a's largest.
-                column_hits = (widths == max_width[..., None]) & (shape_best == gt_best[:, None, :])[..., None]
+                eligible = shape_best == gt_best[:, None, :]
             for top, bottom in chunk.row_ranges:
                 rows = slice(top, bottom)
                 heights = heights_all[..., rows]                                   # (B, a, K, h)
                 best_gt, best_iou = _rank_gts(heights, widths, chunk.area_sum)    # (B, a, h, W)
                 max_iou[:, shapes, rows] = best_iou
                 if config.low_quality_matches:
-                    row_hits = heights == max_height[..., None]
-                    # Any (row hit and column hit) over k: a 0/1 matrix product, exact in floating point.
-                    hit_counts = torch.matmul(row_hits.transpose(-1, -2).to(gt.dtype), column_hits.to(gt.dtype))
-                    low_quality[:, shapes, rows] = hit_counts > 0
+                    hit_gt = _low_quality_gt(heights, widths, max_height, max_width, eligible)
+                    low_quality[:, shapes, rows] = hit_gt >= 0
                     if config.low_quality_reassign:
-                        codes = row_hits[..., :, None] * torch.where(column_hits, gt_code[:, None], 0)[..., None, :]
-                        best_gt = torch.where(hit_counts > 0, codes.amax(dim=2).long() - 1, best_gt)
+                        best_gt = torch.where(hit_gt >= 0, hit_gt, best_gt)
                 target_gt[:, shapes, rows] = best_gt
     return _Match(*(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) for parts in zip(*outputs)))
 

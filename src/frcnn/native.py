@@ -6,14 +6,17 @@ same values bit for bit; ``FRCNN_NATIVE=0`` in the environment forces that fallb
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
 
 _SOURCES = [Path(__file__).with_name("csrc") / "rank_gts.cpp"]
-# No fused multiply-adds: the kernels must round exactly as the PyTorch-op paths do.
-_FLAGS = ["-O3", "-ffp-contract=off"]
+# No fused multiply-adds: the kernels must round exactly as the PyTorch-op paths do. OpenMP
+# (torch's intra-op threads on Linux) is what makes at::parallel_for parallel in an extension.
+_OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
+_FLAGS = ["-O3", "-ffp-contract=off", *_OPENMP]
 
 _lock = threading.Lock()
 _state: dict[str, ModuleType | None] = {}
@@ -34,7 +37,8 @@ def _build() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
-        return load("frcnn_native", [str(path) for path in _SOURCES], extra_cflags=_FLAGS, verbose=False)
+        return load("frcnn_native", [str(path) for path in _SOURCES], extra_cflags=_FLAGS, extra_ldflags=_OPENMP,
+                    verbose=False)
     except Exception as error:  # no compiler, no ninja, an unsupported platform: all mean fallback
         warnings.warn(f"frcnn: compiled CPU kernels unavailable ({type(error).__name__}: {error}); "
                       f"using the PyTorch-op paths", RuntimeWarning, stacklevel=2)

@@ -1,11 +1,10 @@
-// The dense step of the anchor target layer, fused: per anchor of a grid level, the gt with the
-// largest I / (area_a + area_g) (the lowest index among exact ties) and that gt's IoU.
+// The dense steps of the anchor target layer, fused into sweeps that skip zero overlaps.
 //
 // heights (R, K, H) and widths (R, K, W) are the row and column overlaps of the anchors of R
-// (image, anchor shape) pairs with K gts, area_sum (R, K) their area sums: anchor (r, y, x)
-// meets gt k in heights[r, k, y] * widths[r, k, x]. Returns best (R, H, W) int64 and
-// max_iou (R, H, W). The arithmetic is the eager path's (ratio = (h * w) / s, IoU = I / (s - I)
-// in the inputs' dtype, built without fused multiply-adds), so both agree bit for bit.
+// (image, anchor shape) pairs with K gts: anchor (r, y, x) meets gt k in
+// heights[r, k, y] * widths[r, k, x]. Each function is the compiled twin of a PyTorch-op path in
+// frcnn/anchor_targets.py and computes the same values bit for bit (same operations in the same
+// dtype, built without fused multiply-adds).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -111,15 +110,20 @@ void rank_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* 
   }
 }
 
+void check_overlaps(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& per_gt) {
+  TORCH_CHECK(heights.device().is_cpu() && widths.device().is_cpu() && per_gt.device().is_cpu(), "CPU tensors only");
+  TORCH_CHECK(heights.dim() == 3 && widths.dim() == 3 && per_gt.dim() == 2 && widths.size(0) == heights.size(0) &&
+                  widths.size(1) == heights.size(1) && per_gt.size(0) == heights.size(0) &&
+                  per_gt.size(1) == heights.size(1),
+              "expected heights (R, K, H), widths (R, K, W) and (R, K) per-gt values");
+  TORCH_CHECK(widths.scalar_type() == heights.scalar_type(), "heights and widths must share a floating dtype");
+}
+
+// Per anchor, the gt with the largest I / (area_a + area_g) (the lowest index among exact ties)
+// and that gt's IoU: best (R, H, W) int64 and max_iou (R, H, W), area_sum (R, K).
 std::vector<at::Tensor> rank_gts(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& area_sum) {
-  TORCH_CHECK(heights.device().is_cpu() && widths.device().is_cpu() && area_sum.device().is_cpu(),
-              "rank_gts: CPU tensors only");
-  TORCH_CHECK(heights.dim() == 3 && widths.dim() == 3 && area_sum.dim() == 2 && widths.size(0) == heights.size(0) &&
-                  widths.size(1) == heights.size(1) && area_sum.size(0) == heights.size(0) &&
-                  area_sum.size(1) == heights.size(1),
-              "rank_gts: expected heights (R, K, H), widths (R, K, W), area_sum (R, K)");
-  TORCH_CHECK(widths.scalar_type() == heights.scalar_type() && area_sum.scalar_type() == heights.scalar_type(),
-              "rank_gts: one floating dtype for all inputs");
+  check_overlaps(heights, widths, area_sum);
+  TORCH_CHECK(area_sum.scalar_type() == heights.scalar_type(), "area_sum must share the overlaps' dtype");
   const auto h = heights.contiguous();
   const auto w = widths.contiguous();
   const auto s = area_sum.contiguous();
@@ -138,8 +142,66 @@ std::vector<at::Tensor> rank_gts(const at::Tensor& heights, const at::Tensor& wi
   return {best, max_iou};
 }
 
+template <typename scalar_t>
+void low_quality_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* max_height,
+                      const scalar_t* max_width, const bool* eligible, int64_t num_gt, int64_t height, int64_t width,
+                      int64_t begin, int64_t end, int64_t* gt_out) {
+  std::vector<int32_t> gt_buffer(width);
+  int32_t* __restrict gts = gt_buffer.data();
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t pair = row / height;
+    const int64_t y = row % height;
+    std::fill(gt_buffer.begin(), gt_buffer.end(), -1);
+    for (int64_t k = 0; k < num_gt; ++k) {
+      const int64_t index = pair * num_gt + k;
+      if (!eligible[index] || !(heights[index * height + y] == max_height[index])) {
+        continue;
+      }
+      const scalar_t* __restrict w = widths + index * width;
+      const scalar_t target = max_width[index];
+      const int32_t code = static_cast<int32_t>(k);
+      // Ascending k: the highest hitting gt is the last written.
+      for (int64_t x = 0; x < width; ++x) {
+        const int32_t mask = -static_cast<int32_t>(w[x] == target);
+        gts[x] = (code & mask) | (gts[x] & ~mask);
+      }
+    }
+    int64_t* __restrict out = gt_out + row * width;
+    for (int64_t x = 0; x < width; ++x) {
+      out[x] = gts[x];
+    }
+  }
+}
+
+// Per anchor, the highest eligible gt k whose row overlap equals max_height[k] and whose column
+// overlap equals max_width[k] (the anchor is one of k's best), or -1: (R, H, W) int64.
+at::Tensor low_quality_gt(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& max_height,
+                          const at::Tensor& max_width, const at::Tensor& eligible) {
+  check_overlaps(heights, widths, max_height);
+  TORCH_CHECK(max_width.sizes() == max_height.sizes() && eligible.sizes() == max_height.sizes() &&
+                  max_height.scalar_type() == heights.scalar_type() && max_width.scalar_type() == heights.scalar_type() &&
+                  eligible.scalar_type() == at::kBool,
+              "max_height, max_width (R, K) in the overlaps' dtype and eligible (R, K) bool");
+  const auto h = heights.contiguous();
+  const auto w = widths.contiguous();
+  const auto mh = max_height.contiguous();
+  const auto mw = max_width.contiguous();
+  const auto ok = eligible.contiguous();
+  const int64_t pairs = h.size(0), num_gt = h.size(1), height = h.size(2), width = w.size(2);
+  auto gt_out = at::empty({pairs, height, width}, h.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "low_quality_gt", [&] {
+    at::parallel_for(0, pairs * height, 8, [&](int64_t begin, int64_t end) {
+      low_quality_rows<scalar_t>(h.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), mh.data_ptr<scalar_t>(),
+                                 mw.data_ptr<scalar_t>(), ok.data_ptr<bool>(), num_gt, height, width, begin, end,
+                                 gt_out.data_ptr<int64_t>());
+    });
+  });
+  return gt_out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rank_gts", &rank_gts, "Per-anchor best gt and its IoU over a grid level (CPU)");
+  m.def("low_quality_gt", &low_quality_gt, "Per-anchor highest gt it is a best anchor of, or -1 (CPU)");
 }
