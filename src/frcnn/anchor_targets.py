@@ -162,14 +162,14 @@ def _axis_overlap(extents: Tensor, lo: Tensor, hi: Tensor, offset: float) -> Ten
     """Overlap lengths of anchor extents (A, L, 2) with box extents lo, hi (B, K) -> (B, A, K, L)."""
     ends = extents[:, None]  # (A, 1, L, 2)
     box_lo, box_hi = lo[:, None, :, None], hi[:, None, :, None]
-    return (torch.minimum(ends[..., 1], box_hi) - torch.maximum(ends[..., 0], box_lo) + offset).clamp_(min=0)
+    overlap = torch.minimum(ends[..., 1], box_hi) - torch.maximum(ends[..., 0], box_lo)
+    if offset:
+        overlap += offset
+    return overlap.clamp_(min=0)
 
 
-def _axis_inside(extents: Tensor, limit: Tensor, border: float | None) -> Tensor:
+def _axis_inside(extents: Tensor, limit: Tensor, border: float) -> Tensor:
     """Whether anchor extents (A, L, 2) lie in [-border, limit + border) per image -> (B, A, 1, L)."""
-    if border is None:
-        return torch.ones((limit.shape[0], extents.shape[0], 1, extents.shape[1]), dtype=torch.bool,
-                          device=limit.device)
     ends = extents[None, :, None]  # (1, A, 1, L, 2)
     return (ends[..., 0] >= -border) & (ends[..., 1] < limit[:, None, None, None] + border)
 
@@ -179,17 +179,22 @@ class _AxisOverlaps(NamedTuple):
 
     heights: Tensor  # (B, A, K, H), zero for rows outside the image
     widths: Tensor   # (B, A, K, W), zero for columns outside the image and for invalid boxes
-    inside: Tensor   # (B, A, H, W)
+    inside: Tensor   # (B, A, H, W), possibly an expanded view
 
 
 def _axis_overlaps(level: _Level, boxes: Tensor, valid: Tensor, im_info: Tensor, border: float | None,
                    offset: float) -> _AxisOverlaps:
+    heights = _axis_overlap(level.y, boxes[..., 1], boxes[..., 3], offset)
+    widths = _axis_overlap(level.x, boxes[..., 0], boxes[..., 2], offset)
+    batch, (num_base, height, width) = valid.shape[0], level.shape
+    if border is None:  # every anchor takes part
+        return _AxisOverlaps(heights, widths.mul_(valid[:, None, :, None]),
+                             valid.new_ones(()).expand(batch, num_base, height, width))
     inside_y = _axis_inside(level.y, im_info[:, 0], border)
     inside_x = _axis_inside(level.x, im_info[:, 1], border)
-    heights = _axis_overlap(level.y, boxes[..., 1], boxes[..., 3], offset) * inside_y
-    widths = _axis_overlap(level.x, boxes[..., 0], boxes[..., 2], offset) * (inside_x & valid[:, None, :, None])
-    # Contiguous (B, A, K, L) factors make every (B, A, K, H, W) product contiguous in that order.
-    return _AxisOverlaps(heights.contiguous(), widths.contiguous(), inside_y[:, :, 0, :, None] & inside_x[:, :, 0, None, :])
+    # Zeroed outside the image, the factors make outside anchors meet no gt.
+    return _AxisOverlaps(heights.mul_(inside_y), widths.mul_(inside_x & valid[:, None, :, None]),
+                         inside_y[:, :, 0, :, None] & inside_x[:, :, 0, None, :])
 
 
 def _sub_level(level: _Level, start: int, stop: int) -> _Level:
@@ -281,7 +286,7 @@ def _rank_gts(heights: Tensor, widths: Tensor, area_sum: Tensor) -> tuple[Tensor
     recomputed for the chosen gt with the one formula of every path. On the CPU a compiled kernel
     does it in one sweep that skips zero overlaps (same values, bit for bit).
     """
-    kernels = native.kernels() if heights.device.type == "cpu" and not torch.compiler.is_compiling() else None
+    kernels = native.kernels_for(heights)
     if kernels is not None:
         batch, num_base, num_gt, height = heights.shape
         best_gt, max_iou = kernels.rank_gts(heights.reshape(-1, num_gt, height),
@@ -305,7 +310,7 @@ def _low_quality_gt(heights: Tensor, widths: Tensor, max_height: Tensor, max_wid
     (a, y, x) is one of gt k's best when shape a reaches k's best IoU (``eligible``) and both its
     row and its column overlaps with k are shape a's largest (equal to the IoU-equality rule).
     """
-    kernels = native.kernels() if heights.device.type == "cpu" and not torch.compiler.is_compiling() else None
+    kernels = native.kernels_for(heights)
     if kernels is not None:
         batch, num_base, num_gt, height = heights.shape
         flat = [t.reshape(batch * num_base, num_gt, -1) for t in (heights, widths)]

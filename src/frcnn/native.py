@@ -5,12 +5,15 @@ same values bit for bit; ``FRCNN_NATIVE=0`` in the environment forces that fallb
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
+
+import torch
 
 _SOURCES = [Path(__file__).with_name("csrc") / "rank_gts.cpp"]
 # No fused multiply-adds: the kernels must round exactly as the PyTorch-op paths do. OpenMP
@@ -31,12 +34,26 @@ def kernels() -> ModuleType | None:
     return _state["module"]
 
 
+def kernels_for(tensor: torch.Tensor) -> ModuleType | None:
+    """The compiled module where it applies to ``tensor``: on the CPU, outside torch.compile
+    tracing (which sees the PyTorch-op paths); else None."""
+    if tensor.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    return kernels()
+
+
 def _build() -> ModuleType | None:
     if os.environ.get("FRCNN_NATIVE", "1") == "0":
         return None
     try:
-        from torch.utils.cpp_extension import load
-
+        # Its import logs a warning on machines without CUDA, which does not concern CPU kernels.
+        logger = logging.getLogger("torch.utils.cpp_extension")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            from torch.utils.cpp_extension import load
+        finally:
+            logger.setLevel(level)
         return load("frcnn_native", [str(path) for path in _SOURCES], extra_cflags=_FLAGS, extra_ldflags=_OPENMP,
                     verbose=False)
     except Exception as error:  # no compiler, no ninja, an unsupported platform: all mean fallback
