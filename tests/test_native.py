@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from frcnn import AnchorTargetConfig, assign_anchor_targets, concat_anchors, generate_anchors, grid_anchors, native
-from frcnn.anchor_targets import _low_quality_gt, _rank_gts
+from frcnn.anchor_targets import _low_quality, _rank_gts
 
 needs_kernels = pytest.mark.skipif(native.kernels() is None, reason="the compiled CPU kernels cannot be built here")
 
@@ -45,10 +45,13 @@ def test_low_quality_kernel_equals_op_path(monkeypatch, dtype):
         widths = torch.randint(0, 3, (2, 3, num_gt, 9), generator=generator).to(dtype)
         eligible = torch.rand(2, 3, num_gt, generator=generator) < 0.7
         inputs = (heights, widths, heights.amax(dim=3), widths.amax(dim=3), eligible)
-        compiled, fallback = both_paths(monkeypatch, lambda: _low_quality_gt(*inputs))
-        assert compiled.dtype == fallback.dtype == torch.long and compiled.shape == (2, 3, 7, 9)
-        assert torch.equal(compiled, fallback), trial
-        assert (compiled >= 0).any() and (compiled < 0).any()
+        for highest_gt in (False, True):
+            (hits, hit_gt), (want_hits, want_gt) = both_paths(monkeypatch, lambda: _low_quality(*inputs, highest_gt))
+            assert hits.dtype == torch.bool and hits.shape == (2, 3, 7, 9) and torch.equal(hits, want_hits), trial
+            assert hits.any() and not hits.all()
+            if highest_gt:
+                assert hit_gt.dtype == want_gt.dtype == torch.long and torch.equal(hit_gt, want_gt), trial
+                assert torch.equal(hit_gt >= 0, hits)
 
 
 @needs_kernels

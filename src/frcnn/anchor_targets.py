@@ -302,9 +302,10 @@ def _rank_gts(heights: Tensor, widths: Tensor, area_sum: Tensor) -> tuple[Tensor
     return best_gt[:, :, 0], _iou(inter, best_area_sum)[:, :, 0]
 
 
-def _low_quality_gt(heights: Tensor, widths: Tensor, max_height: Tensor, max_width: Tensor,
-                    eligible: Tensor) -> Tensor:
-    """Per anchor (B, a, h, W): the highest eligible gt it is a best anchor of, or -1.
+def _low_quality(heights: Tensor, widths: Tensor, max_height: Tensor, max_width: Tensor, eligible: Tensor,
+                 highest_gt: bool) -> tuple[Tensor, Tensor | None]:
+    """Per anchor (B, a, h, W): whether it is a best anchor of some eligible gt, and (when
+    ``highest_gt``) the highest such gt, or -1.
 
     heights (B, a, K, h), widths (B, a, K, W); max_height, max_width, eligible (B, a, K). Anchor
     (a, y, x) is one of gt k's best when shape a reaches k's best IoU (``eligible``) and both its
@@ -314,13 +315,19 @@ def _low_quality_gt(heights: Tensor, widths: Tensor, max_height: Tensor, max_wid
     if kernels is not None:
         batch, num_base, num_gt, height = heights.shape
         flat = [t.reshape(batch * num_base, num_gt, -1) for t in (heights, widths)]
-        gt = kernels.low_quality_gt(*flat, *(t.reshape(-1, num_gt) for t in (max_height, max_width, eligible)))
-        return gt.view(batch, num_base, height, -1)
+        hit_gt = kernels.low_quality_gt(*flat, *(t.reshape(-1, num_gt) for t in (max_height, max_width, eligible)))
+        hit_gt = hit_gt.view(batch, num_base, height, -1)
+        return hit_gt >= 0, hit_gt if highest_gt else None
+    row_hits = heights == max_height[..., None]
+    column_hits = (widths == max_width[..., None]) & eligible[..., None]
+    if not highest_gt:
+        # Any (row hit and column hit) over k: a 0/1 matrix product, exact in floating point.
+        return torch.matmul(row_hits.transpose(-1, -2).to(heights.dtype), column_hits.to(heights.dtype)) > 0, None
     num_gt = heights.shape[2]
     gt_code = torch.arange(1, num_gt + 1, device=heights.device).to(_smallest_int_dtype(num_gt + 1))
-    row_hits = heights == max_height[..., None]
-    column_codes = torch.where((widths == max_width[..., None]) & eligible[..., None], gt_code[:, None], 0)
-    return (row_hits[..., :, None] * column_codes[..., None, :]).amax(dim=2).long() - 1
+    codes = row_hits[..., :, None] * torch.where(column_hits, gt_code[:, None], 0)[..., None, :]
+    hit_gt = codes.amax(dim=2).long() - 1
+    return hit_gt >= 0, hit_gt
 
 
 class _ShapeChunk(NamedTuple):
@@ -395,10 +402,11 @@ def _match(levels: list[_Level], gt: Tensor, valid: Tensor, im_info: Tensor,
                 best_gt, best_iou = _rank_gts(heights, widths, chunk.area_sum)    # (B, a, h, W)
                 max_iou[:, shapes, rows] = best_iou
                 if config.low_quality_matches:
-                    hit_gt = _low_quality_gt(heights, widths, max_height, max_width, eligible)
-                    low_quality[:, shapes, rows] = hit_gt >= 0
+                    hits, hit_gt = _low_quality(heights, widths, max_height, max_width, eligible,
+                                                config.low_quality_reassign)
+                    low_quality[:, shapes, rows] = hits
                     if config.low_quality_reassign:
-                        best_gt = torch.where(hit_gt >= 0, hit_gt, best_gt)
+                        best_gt = torch.where(hits, hit_gt, best_gt)
                 target_gt[:, shapes, rows] = best_gt
     return _Match(*(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) for parts in zip(*outputs)))
 
