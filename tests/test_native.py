@@ -19,16 +19,22 @@ def both_paths(monkeypatch, fn):
     return compiled, fallback
 
 
+def tie_heavy_overlaps(generator: torch.Generator, dtype: torch.dtype, levels: int):
+    """Row and column overlaps (2, 3, K, 7) and (2, 3, K, 9) with values in [0, levels): exact
+    ties everywhere, zero rows and zero columns common."""
+    num_gt = int(torch.randint(1, 13, (), generator=generator))
+    heights = torch.randint(0, levels, (2, 3, num_gt, 7), generator=generator).to(dtype)
+    widths = torch.randint(0, levels, (2, 3, num_gt, 9), generator=generator).to(dtype)
+    return heights, widths
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rank_gts_kernel_equals_op_path_on_tie_heavy_overlaps(monkeypatch, dtype):
-    """Small integer overlaps make exact ties everywhere, zero rows and zero columns common."""
     generator = torch.Generator().manual_seed(3)
     for trial in range(40):
-        num_gt = int(torch.randint(1, 13, (), generator=generator))
-        heights = torch.randint(0, 4, (2, 3, num_gt, 7), generator=generator).to(dtype)
-        widths = torch.randint(0, 4, (2, 3, num_gt, 9), generator=generator).to(dtype)
-        area_sum = torch.randint(20, 24, (2, 3, num_gt), generator=generator).to(dtype)
+        heights, widths = tie_heavy_overlaps(generator, dtype, levels=4)
+        area_sum = torch.randint(20, 24, heights.shape[:3], generator=generator).to(dtype)
         compiled, fallback = both_paths(monkeypatch, lambda: _rank_gts(heights, widths, area_sum))
         for got, want in zip(compiled, fallback):
             assert got.dtype == want.dtype and got.shape == want.shape == (2, 3, 7, 9)
@@ -40,10 +46,8 @@ def test_rank_gts_kernel_equals_op_path_on_tie_heavy_overlaps(monkeypatch, dtype
 def test_low_quality_kernel_equals_op_path(monkeypatch, dtype):
     generator = torch.Generator().manual_seed(4)
     for trial in range(40):
-        num_gt = int(torch.randint(1, 13, (), generator=generator))
-        heights = torch.randint(0, 3, (2, 3, num_gt, 7), generator=generator).to(dtype)
-        widths = torch.randint(0, 3, (2, 3, num_gt, 9), generator=generator).to(dtype)
-        eligible = torch.rand(2, 3, num_gt, generator=generator) < 0.7
+        heights, widths = tie_heavy_overlaps(generator, dtype, levels=3)
+        eligible = torch.rand(heights.shape[:3], generator=generator) < 0.7
         inputs = (heights, widths, heights.amax(dim=3), widths.amax(dim=3), eligible)
         for highest_gt in (False, True):
             (hits, hit_gt), (want_hits, want_gt) = both_paths(monkeypatch, lambda: _low_quality(*inputs, highest_gt))
