@@ -6,6 +6,7 @@ import torch
 
 from frcnn import AnchorTargetConfig, assign_anchor_targets, concat_anchors, generate_anchors, grid_anchors, native
 from frcnn.anchor_targets import _low_quality, _rank_gts
+from frcnn.sampling import random_keys, sample_balanced
 
 needs_kernels = pytest.mark.skipif(native.kernels() is None, reason="the compiled CPU kernels cannot be built here")
 
@@ -56,6 +57,43 @@ def test_low_quality_kernel_equals_op_path(monkeypatch, dtype):
             if highest_gt:
                 assert hit_gt.dtype == want_gt.dtype == torch.long and torch.equal(hit_gt, want_gt), trial
                 assert torch.equal(hit_gt >= 0, hits)
+
+
+def distinct_keys(generator: torch.Generator, rows: int, size: int, uniform: bool) -> torch.Tensor:
+    """Sampling keys with no repeat in a row: uniform ones (the kernel's fast path) or a shuffled
+    odd range (small values, its fallback)."""
+    if not uniform:
+        return (torch.argsort(torch.rand(rows, size, generator=generator), dim=1) * 2 + 1).int()
+    while True:
+        keys = random_keys((rows, size), generator=generator)
+        if all(len(torch.unique(row)) == size for row in keys):
+            return keys
+
+
+@needs_kernels
+@pytest.mark.parametrize("uniform", [True, False])
+def test_sampling_kernel_keeps_the_same_sets_as_top_k(monkeypatch, uniform):
+    """Distinct keys make the kept sets unique: both paths must find them."""
+    generator = torch.Generator().manual_seed(5)
+    for trial in range(30):
+        size = int(torch.randint(1, 3000, (), generator=generator))
+        scores = torch.rand(6, size, generator=generator)
+        density = torch.rand(6, 1, generator=generator)
+        positive = scores < density * 0.3
+        negative = ~positive & (torch.rand(6, size, generator=generator) < density)
+        keys = distinct_keys(generator, 6, size, uniform)
+        batch_size = int(torch.randint(1, 300, (), generator=generator))
+        compiled, fallback = both_paths(monkeypatch, lambda: sample_balanced(positive, negative, batch_size, 0.5, keys))
+        for got, want in zip(compiled, fallback):
+            assert got.dtype == torch.bool and torch.equal(got, want), trial
+
+
+@needs_kernels
+def test_sampling_kernel_breaks_equal_keys_by_the_lower_index():
+    candidates = torch.tensor([[True, True, True, True, False]])
+    keys = torch.tensor([[5, 9, 9, 9, 11]], dtype=torch.int32)
+    kept_pos, kept_neg = sample_balanced(candidates, torch.zeros_like(candidates), 4, 0.5, keys)
+    assert kept_pos.tolist() == [[False, True, True, False, False]] and not kept_neg.any()
 
 
 @needs_kernels

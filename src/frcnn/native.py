@@ -15,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-_SOURCES = [Path(__file__).with_name("csrc") / "rank_gts.cpp"]
+_SOURCES = [Path(__file__).with_name("csrc") / "kernels.cpp"]
 # No fused multiply-adds: the kernels must round exactly as the PyTorch-op paths do. OpenMP
 # (torch's intra-op threads on Linux) is what makes at::parallel_for parallel in an extension.
 _OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
@@ -26,7 +26,8 @@ _state: dict[str, ModuleType | None] = {}
 
 
 def kernels() -> ModuleType | None:
-    """The compiled module (``rank_gts``), or None where it is disabled or cannot be built."""
+    """The compiled module (``rank_gts``, ``low_quality_gt``, ``sample_balanced``), or None where
+    it is disabled or cannot be built."""
     if "module" not in _state:
         with _lock:
             if "module" not in _state:

@@ -1,14 +1,16 @@
-// The dense steps of the anchor target layer, fused into sweeps that skip zero overlaps.
+// frcnn's compiled CPU kernels. Each is the twin of a PyTorch-op path (named below) and computes
+// the same values bit for bit: the same operations in the same dtype, built without fused
+// multiply-adds (see frcnn/native.py).
 //
-// heights (R, K, H) and widths (R, K, W) are the row and column overlaps of the anchors of R
+// The dense steps of the anchor target layer (frcnn/anchor_targets.py) are fused into sweeps that
+// skip zero overlaps. heights (R, K, H) and widths (R, K, W) are the row and column overlaps of the anchors of R
 // (image, anchor shape) pairs with K gts: anchor (r, y, x) meets gt k in
-// heights[r, k, y] * widths[r, k, x]. Each function is the compiled twin of a PyTorch-op path in
-// frcnn/anchor_targets.py and computes the same values bit for bit (same operations in the same
-// dtype, built without fused multiply-adds).
+// heights[r, k, y] * widths[r, k, x].
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -199,9 +201,86 @@ at::Tensor low_quality_gt(const at::Tensor& heights, const at::Tensor& widths, c
   return gt_out;
 }
 
+// A candidate for sampling: its key and its index. Stronger means kept first: the larger key,
+// then the lower index.
+struct Candidate {
+  int32_t key;
+  int64_t index;
+};
+
+inline bool stronger(const Candidate& a, const Candidate& b) {
+  return a.key > b.key || (a.key == b.key && a.index < b.index);
+}
+
+// Keeps the count strongest of the candidates (all if there are fewer).
+void keep_strongest(std::vector<Candidate>& candidates, size_t count) {
+  if (candidates.size() > count) {
+    std::nth_element(candidates.begin(), candidates.begin() + count, candidates.end(), stronger);
+    candidates.resize(count);
+  }
+}
+
+// The candidates of mask whose key is at least threshold.
+void collect(const bool* mask, const int32_t* keys, int64_t size, int64_t threshold, std::vector<Candidate>& out) {
+  out.clear();
+  for (int64_t n = 0; n < size; ++n) {
+    if (mask[n] && keys[n] >= threshold) {
+      out.push_back({keys[n], n});
+    }
+  }
+}
+
+// frcnn.sampling.sample_balanced: per row, the num_fg positives with the largest keys, then the
+// batch_size - kept negatives with the largest keys. positive, negative (B, N) bool, keys (B, N)
+// int32 in [1, 2^31) -> kept positives and kept negatives (B, N) bool. Linear time; top-k keeps
+// the same sets except, possibly, between two equal keys at the cut.
+std::vector<at::Tensor> sample_balanced(const at::Tensor& positive, const at::Tensor& negative, const at::Tensor& keys,
+                                        int64_t num_fg, int64_t batch_size) {
+  TORCH_CHECK(positive.device().is_cpu() && negative.device().is_cpu() && keys.device().is_cpu(), "CPU tensors only");
+  TORCH_CHECK(positive.dim() == 2 && positive.sizes() == negative.sizes() && positive.sizes() == keys.sizes() &&
+                  positive.scalar_type() == at::kBool && negative.scalar_type() == at::kBool &&
+                  keys.scalar_type() == at::kInt,
+              "expected positive, negative (B, N) bool and keys (B, N) int32");
+  TORCH_CHECK(0 <= num_fg && num_fg <= batch_size, "expected 0 <= num_fg <= batch_size");
+  const auto pos = positive.contiguous();
+  const auto neg = negative.contiguous();
+  const auto key = keys.contiguous();
+  const int64_t rows = pos.size(0), size = pos.size(1);
+  auto keep_pos = at::zeros_like(pos);
+  auto keep_neg = at::zeros_like(neg);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Candidate> chosen;
+    for (int64_t b = begin; b < end; ++b) {
+      const bool* is_neg = neg.data_ptr<bool>() + b * size;
+      const int32_t* row_keys = key.data_ptr<int32_t>() + b * size;
+      collect(pos.data_ptr<bool>() + b * size, row_keys, size, 0, chosen);
+      keep_strongest(chosen, static_cast<size_t>(num_fg));
+      for (const Candidate& c : chosen) {
+        keep_pos.data_ptr<bool>()[b * size + c.index] = true;
+      }
+      const int64_t num_bg = batch_size - static_cast<int64_t>(chosen.size());
+      const int64_t num_neg = std::count(is_neg, is_neg + size, true);
+      // Keys are uniform, so about 4 num_bg negatives clear this threshold; the exact top num_bg
+      // are among them whenever at least num_bg do (else all negatives are collected).
+      const double share = num_neg > 0 ? 4.0 * static_cast<double>(num_bg) / static_cast<double>(num_neg) : 1.0;
+      const int64_t threshold = share >= 1.0 ? 0 : static_cast<int64_t>((1.0 - share) * 2147483648.0);
+      collect(is_neg, row_keys, size, threshold, chosen);
+      if (static_cast<int64_t>(chosen.size()) < num_bg && threshold > 0) {
+        collect(is_neg, row_keys, size, 0, chosen);
+      }
+      keep_strongest(chosen, static_cast<size_t>(std::max<int64_t>(num_bg, 0)));
+      for (const Candidate& c : chosen) {
+        keep_neg.data_ptr<bool>()[b * size + c.index] = true;
+      }
+    }
+  });
+  return {keep_pos, keep_neg};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rank_gts", &rank_gts, "Per-anchor best gt and its IoU over a grid level (CPU)");
   m.def("low_quality_gt", &low_quality_gt, "Per-anchor highest gt it is a best anchor of, or -1 (CPU)");
+  m.def("sample_balanced", &sample_balanced, "Balanced sampling by the largest random keys (CPU)");
 }
