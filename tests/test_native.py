@@ -1,6 +1,9 @@
 """The compiled CPU kernel against the PyTorch-op path it replaces: equal bit for bit."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -132,3 +135,10 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch):
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     with pytest.warns(RuntimeWarning, match="no C.. compiler"):
         assert native._build() is None
+
+
+def test_the_pip_ninja_is_found_without_the_venv_on_path(monkeypatch, tmp_path):
+    ninja = pytest.importorskip("ninja")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    native._put_ninja_on_path()
+    assert shutil.which("ninja") == str(Path(ninja.BIN_DIR) / "ninja")

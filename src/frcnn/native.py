@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import threading
 import warnings
@@ -55,9 +56,21 @@ def _build() -> ModuleType | None:
             from torch.utils.cpp_extension import load
         finally:
             logger.setLevel(level)
+        _put_ninja_on_path()
         return load("frcnn_native", [str(path) for path in _SOURCES], extra_cflags=_FLAGS, extra_ldflags=_OPENMP,
                     verbose=False)
     except Exception as error:  # no compiler, no ninja, an unsupported platform: all mean fallback
         warnings.warn(f"frcnn: compiled CPU kernels unavailable ({type(error).__name__}: {error}); "
                       f"using the PyTorch-op paths", RuntimeWarning, stacklevel=2)
         return None
+
+
+def _put_ninja_on_path() -> None:
+    """torch's loader runs ``ninja`` by name; the pip package's lies beside the venv's Python,
+    which is not on PATH when that Python is called by its path."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
