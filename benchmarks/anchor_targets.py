@@ -1,6 +1,6 @@
 """RPN anchor targets: frcnn against torchvision's per-image path, and peak memory on an FPN case.
 
-    .venv/bin/python benchmarks/anchor_targets.py [--repeats 24] [--skip-memory] [--warm-heap]
+    .venv/bin/python benchmarks/anchor_targets.py [--repeats 24] [--skip-memory] [--warm-heap] [--profile]
 
 Both sides run in this process with 2 threads on the same anchors and boxes; medians of
 interleaved runs. "frcnn (torchvision preset)" does the same work as torchvision's
@@ -68,7 +68,7 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def speed_table(repeats: int) -> None:
-    height, width = -(-IMAGE_HEIGHT // STRIDE) + 0, -(-IMAGE_WIDTH // STRIDE)
+    height, width = -(-IMAGE_HEIGHT // STRIDE), -(-IMAGE_WIDTH // STRIDE)
     grid = grid_anchors(generate_anchors(), height, width, STRIDE)
     anchors = grid.boxes
     matcher = det_utils.Matcher(0.7, 0.3, allow_low_quality_matches=True)
@@ -101,6 +101,22 @@ def speed_table(repeats: int) -> None:
             print(f"| {num_gt} | {batch} | {ms['torchvision']:.2f} | {ms['preset']:.2f} | "
                   f"{ms['torchvision'] / ms['preset']:.1f}x | {ms['default']:.2f} | "
                   f"{ms['torchvision'] / ms['default']:.1f}x |")
+
+
+def profile_call(repeats: int) -> None:
+    """Where one frcnn call (torchvision preset, B = 8, 20 gts) spends its time, op by op."""
+    grid = grid_anchors(generate_anchors(), -(-IMAGE_HEIGHT // STRIDE), -(-IMAGE_WIDTH // STRIDE), STRIDE)
+    gt = random_gt(8, 20, IMAGE_HEIGHT, IMAGE_WIDTH, seed=8020)
+    inputs = (grid, gt, torch.full((8,), 20), torch.tensor([[IMAGE_HEIGHT, IMAGE_WIDTH, 1.0]]).repeat(8, 1),
+              AnchorTargetConfig.preset("torchvision"))
+    for _ in range(3):
+        assign_anchor_targets(*inputs)
+    with torch.profiler.profile() as profiler:
+        for _ in range(repeats):
+            assign_anchor_targets(*inputs)
+    print(f"frcnn (torchvision preset), B = 8, 20 gts: self CPU time of {repeats} calls by op "
+          f"(extension kernels show as their Python caller)")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 def _status_mb(field: str) -> float:
@@ -146,15 +162,20 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true", help="skip the FPN peak-memory case")
     parser.add_argument("--warm-heap", action="store_true",
                         help="also run the table with malloc in a long-running process's steady state")
+    parser.add_argument("--profile", action="store_true",
+                        help="only print where one frcnn call at B = 8, 20 gts spends its time, op by op")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         fpn_memory_child()
         return
+    torch.set_num_threads(2)
+    if args.profile:
+        profile_call(args.repeats)
+        return
     if args.warm_heap:
         command = [sys.executable, __file__, "--repeats", str(args.repeats), "--skip-memory"]
         subprocess.run(command, check=True, env={**os.environ, "GLIBC_TUNABLES": WARM_HEAP})
-    torch.set_num_threads(2)
     speed_table(args.repeats)
     if not args.skip_memory:
         subprocess.run([sys.executable, __file__, "--memory-child"], check=True)

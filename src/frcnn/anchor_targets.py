@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import torch
@@ -163,6 +163,9 @@ def _axis_overlap(extents: Tensor, lo: Tensor, hi: Tensor, offset: float) -> Ten
     ends = extents[:, None]  # (A, 1, L, 2)
     box_lo, box_hi = lo[:, None, :, None], hi[:, None, :, None]
     overlap = torch.minimum(ends[..., 1], box_hi) - torch.maximum(ends[..., 0], box_lo)
+    # Broadcasting leaves (B, L, K, A) strides; contiguous factors make the kernels' reads and
+    # every dense (B, A, K, H, W) product contiguous.
+    overlap = overlap.contiguous()
     if offset:
         overlap += offset
     return overlap.clamp_(min=0)
