@@ -115,7 +115,7 @@ def profile_call(repeats: int) -> None:
         for _ in range(repeats):
             assign_anchor_targets(*inputs)
     print(f"frcnn (torchvision preset), B = 8, 20 gts: self CPU time of {repeats} calls by op "
-          f"(extension kernels show as their Python caller)")
+          f"(the compiled kernels are not aten ops and do not show)")
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
