@@ -15,8 +15,8 @@ from frcnn.engine import load_checkpoint, read_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.long_side=[64,96]",
-        "data.synthetic.object_size=[12,40]", "data.synthetic.max_objects=3", "data.min_size=64",
-        "data.max_size=96", "train.batch_size=2", "train.log_every=1", "train.checkpoint_every=2"]
+        "data.synthetic.object_size=[12,40]", "data.synthetic.max_objects=3", "model.preprocess.min_size=64",
+        "model.preprocess.max_size=96", "train.batch_size=2", "train.log_every=1", "train.checkpoint_every=2"]
 HEADLINE_KEYS = {"voc07_map", "voc_map", "coco_ap", "coco_ap50", "coco_ap75", "rpn_recall@300", "rpn_ar@300"}
 
 

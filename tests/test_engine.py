@@ -26,10 +26,11 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
     """A run on 8 small synthetic images, 2 per batch, budgeted by iterations only."""
     root = tmp_path_factory.mktemp("synthetic") / "data"
     config = RunConfig()
-    data = replace(config.data, train=f"synthetic:{root}", synthetic=TINY_SYNTHETIC, min_size=64, max_size=96)
+    data = replace(config.data, train=f"synthetic:{root}", synthetic=TINY_SYNTHETIC)
+    model = replace(config.model, preprocess=replace(config.model.preprocess, min_size=64, max_size=96))
     train = replace(config.train, batch_size=2, max_iters=4, max_minutes=None, warmup_iters=2,
                     checkpoint_every=2, log_every=1)
-    return replace(config, data=data, train=train)
+    return replace(config, model=model, data=data, train=train)
 
 
 class _Interrupted(Exception):
@@ -56,7 +57,7 @@ def _train(config: RunConfig, out: Path, resume: bool = False, forward=detector_
     seed_everything(config.train.seed)
     dataset = config.data.dataset("train")
     model = FasterRCNN(len(dataset.class_names), config=config.model)
-    trainer = Trainer(model, dataset.with_transform(config.data.transform(training=True)), collate, config.train,
+    trainer = Trainer(model, dataset.with_transform(config.transform(training=True)), collate, config.train,
                       out, metadata={"config": config.to_dict(), "class_names": list(dataset.class_names)},
                       device=torch.device("cpu"), forward=forward, progress_bar=False)
     return trainer.run(resume=resume), model

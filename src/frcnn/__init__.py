@@ -1,15 +1,28 @@
-"""frcnn: Faster R-CNN around an exact, batched RPN anchor target layer."""
-import os
+"""frcnn: Faster R-CNN around an exact, batched RPN anchor target layer.
 
-# OpenMP threads that spin at barriers stall each other ten-fold when another process shares the
-# cores; passive waits cost ~5 % on an idle machine. Read when torch loads, so set before it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+The top-level names are loaded on first use, so ``import frcnn`` alone loads nothing heavy and
+changes nothing in the process.
+"""
+from importlib import import_module
+from typing import Any
 
-from .anchor_targets import (AnchorTargetConfig, AnchorTargetLayer, AnchorTargets, assign_anchor_targets,
-                             compute_anchor_targets)
-from .anchors import AnchorGrid, concat_anchors, generate_anchors, grid_anchors
-from .config import ModelConfig
-from .model import FasterRCNN
+_HOMES = {
+    "AnchorGrid": "anchors", "concat_anchors": "anchors", "generate_anchors": "anchors", "grid_anchors": "anchors",
+    "AnchorTargetConfig": "anchor_targets", "AnchorTargetLayer": "anchor_targets", "AnchorTargets": "anchor_targets",
+    "assign_anchor_targets": "anchor_targets", "compute_anchor_targets": "anchor_targets",
+    "ModelConfig": "config", "FasterRCNN": "model",
+}
 
-__all__ = ["AnchorGrid", "AnchorTargetConfig", "AnchorTargetLayer", "AnchorTargets", "FasterRCNN", "ModelConfig",
-           "assign_anchor_targets", "compute_anchor_targets", "concat_anchors", "generate_anchors", "grid_anchors"]
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'frcnn' has no attribute {name!r}")
+    value = getattr(import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

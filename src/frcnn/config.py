@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import yaml
 
 from .anchor_targets import AnchorTargetConfig
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
 
 BACKBONES = ("small", "vgg16", "resnet50", "resnet101")
 
@@ -55,6 +56,33 @@ def _check_positive_tuple(owner: object, name: str, length: int | None = None) -
         count = f"{length} " if length else "one or more "
         _fail(owner, name, value, f"{count}positive numbers")
     object.__setattr__(owner, name, tuple(float(v) for v in value))
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What the model does to an image before the backbone: resize so that the shorter side is
+    ``min_size`` unless the longer would then exceed ``max_size``, then normalise RGB values in
+    [0, 1] by ``mean`` and ``std``. Part of the model, so every checkpoint carries it."""
+
+    min_size: int = 320
+    max_size: int = 400
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        _check_int(self, "min_size", 1)
+        _check_int(self, "max_size", 1)
+        _check_positive_tuple(self, "std", 3)
+        mean = self.mean
+        if not (isinstance(mean, Sequence) and len(mean) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean)):
+            _fail(self, "mean", mean, "3 numbers")
+        object.__setattr__(self, "mean", tuple(float(v) for v in mean))
+
+    def transform(self, flip_prob: float = 0.0) -> DetectionTransform:
+        """The data transform that applies this preprocessing (and random horizontal flips with
+        probability ``flip_prob``, for training)."""
+        return DetectionTransform(self.min_size, self.max_size, flip_prob, self.mean, self.std)
 
 
 @dataclass(frozen=True)
@@ -225,6 +253,7 @@ class ModelConfig:
     defaults are the classic values.
     """
 
+    preprocess: PreprocessConfig = PreprocessConfig()
     backbone: BackboneConfig = BackboneConfig()
     anchors: AnchorConfig = _SMALL_ANCHORS
     rpn: RPNConfig = RPNConfig()

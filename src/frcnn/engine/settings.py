@@ -101,27 +101,21 @@ class DataConfig:
     """Where the images come from and how they are prepared.
 
     ``train`` and ``val`` are dataset specs (``frcnn.data.SPEC_HELP``; ``val`` null: the training
-    spec), read at ``train_split`` and ``val_split``. Images are resized so that the shorter side
-    is ``min_size`` unless the longer would exceed ``max_size``; training images are flipped
-    horizontally with probability ``flip_prob``. ``synthetic`` shapes the embedded dataset.
+    spec), read at ``train_split`` and ``val_split``. Training images are flipped horizontally
+    with probability ``flip_prob`` (the resize and normalisation are the model's,
+    ``model.preprocess``). ``synthetic`` shapes the embedded dataset.
     """
 
     train: str = "synthetic"
     val: str | None = None
     train_split: str = "train"
     val_split: str = "val"
-    min_size: int = 320
-    max_size: int = 400
     flip_prob: float = 0.5
     keep_difficult: bool = False
     drop_degenerate: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
-        for name in ("min_size", "max_size"):
-            value = getattr(self, name)
-            _require("data", name, value, isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                     "an integer >= 1")
         _require("data", "flip_prob", self.flip_prob, _is_number(self.flip_prob) and 0 <= self.flip_prob <= 1,
                  "a number in [0, 1]")
         for name in ("train", "train_split", "val_split"):
@@ -139,10 +133,6 @@ class DataConfig:
         spec, split = (self.train, self.train_split) if role == "train" else (self.val_spec, self.val_split)
         return build_dataset(spec, split, drop_degenerate=self.drop_degenerate, synthetic=self.synthetic)
 
-    def transform(self, training: bool) -> DetectionTransform:
-        """The resize and normalisation, with random flips when ``training``."""
-        return DetectionTransform(self.min_size, self.max_size, self.flip_prob if training else 0.0)
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -151,6 +141,10 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    def transform(self, training: bool) -> DetectionTransform:
+        """The model's preprocessing, with the data's random flips when ``training``."""
+        return self.model.preprocess.transform(self.data.flip_prob if training else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts, lists and scalars."""

@@ -1,0 +1,97 @@
+"""What the commands share: configuration options, checkpoint loading, output helpers."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .. import engine
+from ..engine import RunConfig
+from ..model import FasterRCNN
+
+METRICS_NAME = "metrics.json"
+CONFIG_NAME = "config.yaml"
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks; option help is wrapped."""
+
+def device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda or cuda:N; auto uses the GPU when there is one (default: %(default)s)")
+
+def config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="a YAML file with any part of the configuration (sections model, train, data), "
+                             "laid over the defaults (default: none)")
+    parser.add_argument("--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                        help="override configuration keys by dotted name, after --config, e.g. "
+                             "train.lr=0.01 model.head.fc_dim=512 model.preprocess.min_size=480 (default: none)")
+
+def layered_config(base: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``base``, then --config, then --set, then the command's own options."""
+    config = base
+    if getattr(args, "config", None):
+        config = config.with_yaml_file(args.config)
+    return config.with_assignments(args.set).with_values(option_values(args))
+
+def option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's options that are configuration keys, by dotted key (those given only)."""
+    values = {"data.train": getattr(args, "data", None), "data.val": getattr(args, "val_data", None),
+              "train.epochs": getattr(args, "epochs", None), "train.batch_size": getattr(args, "batch_size", None),
+              "train.seed": getattr(args, "seed", None) if args.command == "train" else None}
+    values = {key: value for key, value in values.items() if value is not None}
+    minutes = getattr(args, "max_minutes", None)
+    if minutes is not None:
+        values["train.max_minutes"] = None if minutes == 0 else minutes
+    elif "train.epochs" in values:
+        values["train.max_minutes"] = None
+    return values
+
+def new_model(config: RunConfig, num_classes: int) -> torch.nn.Module:
+    return FasterRCNN(num_classes, config=config.model)
+
+def load_model(path: str, device: torch.device,
+               assignments: Sequence[str] = ()) -> tuple[torch.nn.Module, RunConfig, list[str]]:
+    """The model of a checkpoint, in eval mode on ``device``, its configuration and class names."""
+    payload = engine.load_checkpoint(path)
+    config = RunConfig.from_dict(payload["config"]).with_assignments(assignments)
+    class_names = list(payload["class_names"])
+    model = new_model(config, len(class_names))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not fit the model its configuration describes "
+                         f"({str(error).splitlines()[0]})") from error
+    return model.to(device).eval(), config, class_names
+
+def print_metrics(metrics: Mapping[str, float], class_names: Sequence[str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(engine.json_safe(metrics)))
+    else:
+        print(format_metrics(metrics, class_names))
+
+def format_metrics(metrics: Mapping[str, float], class_names: Sequence[str]) -> str:
+    """The headline metrics, then the per-class VOC07 and COCO AP, as an aligned text table."""
+    def shown(value: float | None) -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+    lines = [f"{'metric':<20} value"]
+    lines += [f"{name:<20} {shown(metrics[name])}" for name in engine.HEADLINE if name in metrics]
+    if any(f"voc07_ap/{name}" in metrics for name in class_names):
+        lines.append("")
+        lines.append(f"{'class':<20} {'voc07_ap':>8} {'coco_ap':>8}")
+        lines += [f"{name:<20} {shown(metrics.get(f'voc07_ap/{name}')):>8} {shown(metrics.get(f'coco_ap/{name}')):>8}"
+                  for name in class_names]
+    return "\n".join(lines)
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=1, allow_nan=False) + "\n")

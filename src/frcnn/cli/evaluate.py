@@ -1,0 +1,77 @@
+"""Evaluate a checkpoint or a results file: ``frcnn eval``."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from typing import Any
+
+from .. import engine
+from ..data import SPEC_HELP
+from ..engine import RunConfig
+from ..evaluation import evaluate_detections, read_results_json, write_results_json
+from .common import HelpFormatter, device_option, load_model, print_metrics
+
+
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "eval", parents=[common], formatter_class=HelpFormatter,
+        help="evaluate a checkpoint or a results file",
+        description="Evaluate a checkpoint on a dataset (VOC and COCO AP, RPN recall), or score a COCO-style\n"
+                    "results file (--detections) against a dataset.")
+    parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                        help="a checkpoint written by 'frcnn train' (model_final.pt or checkpoint.pt)")
+    parser.add_argument("--detections", metavar="RESULTS.json",
+                        help="score this COCO-style results file instead of a checkpoint; needs --data "
+                             "(default: none)")
+    parser.add_argument("--data", metavar="SPEC",
+                        help=f"evaluation data: {SPEC_HELP} (default: the checkpoint's validation data)")
+    parser.add_argument("--split", help="the split of --data (default: the checkpoint's data.val_split, or val)")
+    parser.add_argument("--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                        help="override keys of the checkpoint's configuration (or, with --detections, of "
+                             "the default one), e.g. model.test.score_threshold=0.01 (default: none)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object with every metric instead of the table (default: table)")
+    parser.add_argument("--save-detections", metavar="RESULTS.json",
+                        help="also write the checkpoint's detections as a COCO-style results file "
+                             "(default: none)")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="images per batch (default: the "
+                        f"configuration's train.eval_batch_size, {engine.TrainConfig().eval_batch_size})")
+    device_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.detections:
+        return _eval_results_file(args)
+    if not args.checkpoint:
+        raise ValueError("give a CHECKPOINT, or --detections RESULTS.json with --data")
+    device = engine.resolve_device(args.device)
+    model, config, class_names = load_model(args.checkpoint, device, args.set)
+    data = config.data
+    if args.data:
+        data = replace(data, val=args.data)
+    if args.split:
+        data = replace(data, val_split=args.split)
+    dataset = data.dataset("val")
+    if list(dataset.class_names) != class_names:
+        raise ValueError(f"the checkpoint detects {class_names}, but the data's classes are "
+                         f"{list(dataset.class_names)}")
+    batch_size = args.batch_size or config.train.eval_batch_size
+    metrics, predictions = engine.evaluate(model, dataset, config.transform(training=False), device, batch_size,
+                                           progress_bar=not args.json)
+    if args.save_detections:
+        write_results_json(args.save_detections, dataset, predictions.detections)
+    print_metrics(metrics, dataset.class_names, args.json)
+    return 0
+
+
+def _eval_results_file(args: argparse.Namespace) -> int:
+    if not args.data:
+        raise ValueError("--detections needs --data, the dataset the results are of")
+    if args.checkpoint:
+        raise ValueError("give either a CHECKPOINT or --detections, not both")
+    data = RunConfig().with_assignments(args.set).data
+    dataset = replace(data, val=args.data, val_split=args.split or data.val_split).dataset("val")
+    metrics = evaluate_detections(dataset, read_results_json(args.detections, dataset))
+    print_metrics(metrics, dataset.class_names, args.json)
+    return 0

@@ -1,0 +1,129 @@
+"""Train a detector: ``frcnn train``."""
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import engine
+from ..config import BACKBONES, default_config
+from ..data import SPEC_HELP, DetectionDataset, collate
+from ..engine import RunConfig
+from .common import (CONFIG_NAME, METRICS_NAME, HelpFormatter, config_options, device_option, format_metrics,
+                     layered_config, new_model, say, write_json)
+
+DEFAULT_OUT = "runs/train"
+
+
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "train", parents=[common], formatter_class=HelpFormatter,
+        help="train a detector (default: on the synthetic data)",
+        description="Train a Faster R-CNN, evaluate it on the validation split and print the metrics.\n"
+                    "Writes to --out: checkpoint.pt (resumable), model_final.pt, config.yaml, log.jsonl,\n"
+                    "loss.png and metrics.json. Distributed: torchrun --nproc_per_node N -m frcnn train ...")
+    parser.add_argument("--data", metavar="SPEC",
+                        help=f"training data: {SPEC_HELP} (default: synthetic, or the configuration's "
+                             "data.train)")
+    parser.add_argument("--val-data", metavar="SPEC",
+                        help="evaluation data, same forms; a COCO spec names its split by its annotation "
+                             "file, so give the validation file here (default: the training spec, split "
+                             "data.val_split)")
+    config_options(parser)
+    parser.add_argument("--backbone", choices=BACKBONES, default="small",
+                        help="the model recipe to start from (default: %(default)s)")
+    parser.add_argument("--fpn", action="store_true", help="add a feature pyramid to the recipe (default: off)")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help="output folder (default: %(default)s)")
+    parser.add_argument("--epochs", type=float, metavar="N",
+                        help="train N passes over the training set, with no time limit unless --max-minutes "
+                             "is given (default: the configuration's train.epochs, none)")
+    parser.add_argument("--max-minutes", type=float, metavar="M",
+                        help="stop training after M minutes, the learning rate decaying to that deadline; "
+                             f"0: no time limit (default: {engine.TrainConfig().max_minutes:g}, "
+                             "or none when --epochs is given)")
+    parser.add_argument("--batch-size", type=int, metavar="B",
+                        help=f"images per iteration and process (default: {engine.TrainConfig().batch_size})")
+    parser.add_argument("--seed", type=int, help=f"random seed (default: {engine.TrainConfig().seed})")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its checkpoint.pt, with the configuration "
+                             "stored there (options given here still apply) (default: start afresh)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="skip the evaluation at the end (default: evaluate)")
+    device_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def _train_config(args: argparse.Namespace) -> RunConfig:
+    """The run's configuration: the stored one when resuming, else the chosen recipe; then the
+    command line."""
+    checkpoint = Path(args.out) / engine.CHECKPOINT_NAME
+    if args.resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
+        base = RunConfig.from_dict(engine.load_checkpoint(checkpoint)["config"])
+    else:
+        base = RunConfig(model=default_config(args.backbone, args.fpn))
+    return layered_config(base, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    device = engine.resolve_device(args.device)
+    context = engine.init_distributed(device)
+    try:
+        config = _train_config(args)
+        out = Path(args.out)
+        train_set, val_set = _datasets_rank0_first(config, context, need_val=not args.no_eval)
+        engine.seed_everything(config.train.seed)
+        model = new_model(config, len(train_set.class_names))
+        if context.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / CONFIG_NAME).write_text(config.to_yaml())
+            say(f"training on {config.data.train} ({len(train_set)} images, {len(train_set.class_names)} classes) "
+                 f"on {device}" + (f" x {context.world_size} processes" if context.distributed else "")
+                 + f"; writing to {out}")
+        trainer = engine.Trainer(
+            model, train_set.with_transform(config.transform(training=True)),
+            _collate_for(config), config.train, out, device=device, context=context,
+            metadata={"config": config.to_dict(), "class_names": list(train_set.class_names)})
+        result = trainer.run(resume=args.resume)
+        if not context.is_main:
+            return 0
+        say(f"trained {result.iterations} iterations in {result.elapsed_s / 60:.1f} min; "
+             f"wrote {result.final_model}, {result.log}, {result.loss_plot}")
+        if not args.no_eval:
+            metrics, _ = engine.evaluate(model, val_set, config.transform(training=False),
+                                         device, config.train.eval_batch_size, progress_bar=True)
+            write_json(out / METRICS_NAME, engine.json_safe(metrics))
+            print(format_metrics(metrics, val_set.class_names))
+            say(f"wrote {out / METRICS_NAME}")
+        say(f"total time {(time.perf_counter() - started) / 60:.1f} min")
+        return 0
+    finally:
+        engine.shutdown_distributed()
+
+
+def _datasets_rank0_first(config: RunConfig, context: engine.DistContext,
+                          need_val: bool) -> tuple[DetectionDataset, DetectionDataset | None]:
+    """The training and evaluation sets; rank 0 reads (or generates) them before the others."""
+    def load() -> tuple[DetectionDataset, DetectionDataset | None]:
+        train_set = config.data.dataset("train")
+        val_set = config.data.dataset("val") if need_val and context.is_main else None
+        if val_set is not None and tuple(val_set.class_names) != tuple(train_set.class_names):
+            raise ValueError(f"the evaluation data's classes {list(val_set.class_names)} differ from the "
+                             f"training data's {list(train_set.class_names)}")
+        return train_set, val_set
+
+    if context.is_main:
+        loaded = load()
+        engine.barrier(context)
+        return loaded
+    engine.barrier(context)
+    return load()
+
+
+def _collate_for(config: RunConfig) -> Callable:
+    return partial(collate, keep_difficult=config.data.keep_difficult)
