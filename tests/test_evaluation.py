@@ -19,7 +19,7 @@ from frcnn.data.dataset import DetectionDataset
 from frcnn.data.voc import internal_to_voc
 from frcnn.evaluation import (
     COCO_STAT_NAMES, coco_metrics, detections_per_image, detections_to_results, evaluate_detections,
-    proposal_recall, read_results_json, voc_ap, write_results_json,
+    proposal_recall, read_results_json, voc_ap, voc_metrics, voc_pr_curves, write_results_json,
 )
 
 
@@ -128,8 +128,8 @@ def test_no_detections_give_zero_and_absent_areas_nan():
 # ---------------------------------------------------------------- VOC AP against the devkit's loop
 
 
-def devkit_ap(dataset: DetectionDataset, detections: list[dict], label: int, use_07: bool) -> float:
-    """The VOC devkit's evaluation of one class, written as its loops."""
+def devkit_curve(dataset: DetectionDataset, detections: list[dict], label: int) -> tuple[np.ndarray, ...]:
+    """The VOC devkit's recall, precision and sorted scores of one class, written as its loops."""
     objects, positives = {}, 0
     for a in dataset.annotations:
         mine = a.labels == label
@@ -160,6 +160,12 @@ def devkit_ap(dataset: DetectionDataset, detections: list[dict], label: int, use
             fp[n] = 1
     tp, fp = np.cumsum(tp), np.cumsum(fp)
     recall, precision = tp / positives, tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    return recall, precision, np.array([row[0] for row in found])
+
+
+def devkit_ap(dataset: DetectionDataset, detections: list[dict], label: int, use_07: bool) -> float:
+    """The VOC devkit's AP of one class from its curve."""
+    recall, precision, _ = devkit_curve(dataset, detections, label)
     if use_07:
         return sum(max(precision[recall >= t], default=0.0) for t in np.arange(0.0, 1.1, 0.1)) / 11
     recall, precision = [0.0, *recall, 1.0], [0.0, *precision, 0.0]
@@ -173,8 +179,8 @@ def random_boxes(rng, count, size=100.0, low=4.0, high=60.0):
     return np.concatenate([xy, xy + rng.uniform(low, high, (count, 2))], axis=1)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_voc_ap_equals_the_devkit_loop_on_random_cases(seed):
+def random_voc_case(seed: int) -> tuple[DetectionDataset, list[dict]]:
+    """30 images of 0-5 objects of 3 classes (a fifth difficult), jittered and random detections."""
     rng = np.random.default_rng(seed)
     images, detections = [], []
     for n in range(30):
@@ -188,11 +194,38 @@ def test_voc_ap_equals_the_devkit_loop_on_random_cases(seed):
         found_labels = np.concatenate([np.where(rng.random(count) < 0.85, labels, rng.integers(1, 4, count)),
                                        rng.integers(1, 4, len(extra))])
         detections.append(dets(found, rng.random(len(found)), found_labels))
-    dataset = voc_dataset(*images, class_names=("a", "b", "c"))
+    return voc_dataset(*images, class_names=("a", "b", "c")), detections
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_voc_ap_equals_the_devkit_loop_on_random_cases(seed):
+    dataset, detections = random_voc_case(seed)
     metrics = evaluate_detections(dataset, detections)
     for label, name in enumerate(dataset.class_names, start=1):
         assert metrics[f"voc07_ap/{name}"] == pytest.approx(devkit_ap(dataset, detections, label, True), abs=1e-12)
         assert metrics[f"voc_ap/{name}"] == pytest.approx(devkit_ap(dataset, detections, label, False), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_voc_pr_curves_are_the_devkit_curves_point_for_point(seed):
+    dataset, detections = random_voc_case(seed)
+    curves = voc_pr_curves(dataset, detections_per_image(dataset, detections))
+    assert set(curves) == {1, 2, 3}
+    for label, curve in curves.items():
+        recall, precision, scores = devkit_curve(dataset, detections, label)
+        np.testing.assert_allclose(curve.recall, recall, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(curve.precision, precision, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(curve.scores, scores, rtol=1e-6)
+
+
+def test_a_class_without_countable_objects_has_no_curve():
+    dataset = voc_dataset(annotation("a", [[0, 0, 10, 10], [20, 20, 30, 30]], [1, 2], difficult=[False, True]))
+    per_image = detections_per_image(dataset, [dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8], [1, 2])])
+    curves = voc_pr_curves(dataset, per_image)
+    assert list(curves) == [1]
+    np.testing.assert_array_equal(curves[1].recall, [1.0])
+    np.testing.assert_array_equal(curves[1].precision, [1.0])
+    assert math.isnan(voc_metrics(dataset, per_image)["voc_ap/dog"])
 
 
 # ---------------------------------------------------------------- COCO AP against pycocotools
