@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from frcnn import AnchorTargetConfig, assign_anchor_targets, concat_anchors, generate_anchors, grid_anchors, native
-from frcnn.anchor_targets import _low_quality, _rank_gts
+from frcnn.anchor_targets.grid_matching import low_quality_gts, rank_gts
 from frcnn.sampling import random_keys, sample_balanced
 
 needs_kernels = pytest.mark.skipif(native.kernels() is None, reason="the compiled CPU kernels cannot be built here")
@@ -39,7 +39,7 @@ def test_rank_gts_kernel_equals_op_path_on_tie_heavy_overlaps(monkeypatch, dtype
     for trial in range(40):
         heights, widths = tie_heavy_overlaps(generator, dtype, levels=4)
         area_sum = torch.randint(20, 24, heights.shape[:3], generator=generator).to(dtype)
-        compiled, fallback = both_paths(monkeypatch, lambda: _rank_gts(heights, widths, area_sum))
+        compiled, fallback = both_paths(monkeypatch, lambda: rank_gts(heights, widths, area_sum))
         for got, want in zip(compiled, fallback):
             assert got.dtype == want.dtype and got.shape == want.shape == (2, 3, 7, 9)
             assert torch.equal(got, want), trial
@@ -54,7 +54,7 @@ def test_low_quality_kernel_equals_op_path(monkeypatch, dtype):
         eligible = torch.rand(heights.shape[:3], generator=generator) < 0.7
         inputs = (heights, widths, heights.amax(dim=3), widths.amax(dim=3), eligible)
         for highest_gt in (False, True):
-            (hits, hit_gt), (want_hits, want_gt) = both_paths(monkeypatch, lambda: _low_quality(*inputs, highest_gt))
+            (hits, hit_gt), (want_hits, want_gt) = both_paths(monkeypatch, lambda: low_quality_gts(*inputs, highest_gt))
             assert hits.dtype == torch.bool and hits.shape == (2, 3, 7, 9) and torch.equal(hits, want_hits), trial
             assert hits.any() and not hits.all()
             if highest_gt:

@@ -1,0 +1,18 @@
+"""The RPN anchor target layer: a label, a regression target and loss weights for every anchor.
+
+``assign_anchor_targets`` is the batched, loop-free implementation of docs/anchor_targets.md;
+``AnchorTargetLayer`` wraps it with the Caffe layer's inputs and output layout.
+
+Modules: ``config`` (configuration and presets), ``geometry`` (anchors as shapes over rows and
+columns, the chunk plan), ``grid_matching`` (the per-gt and per-anchor sweeps), ``targets``
+(labels, sampling, weights, regression targets), ``checks`` (input checks), ``assign`` (the
+assignment), ``layer`` (the Caffe layout).
+"""
+from .assign import assign_anchor_targets, compute_anchor_targets
+from .config import AnchorTargetConfig
+from .geometry import Anchors
+from .layer import AnchorTargetLayer, to_legacy_layout
+from .outputs import AnchorTargets
+
+__all__ = ["AnchorTargetConfig", "AnchorTargetLayer", "AnchorTargets", "Anchors", "assign_anchor_targets",
+           "compute_anchor_targets", "to_legacy_layout"]

@@ -1,0 +1,99 @@
+"""The batched, loop-free assignment: anchors and gt boxes in, ``AnchorTargets`` out
+(docs/anchor_targets.md states the algorithm)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..sampling import random_keys, sample_balanced
+from .checks import check_inputs
+from .config import AnchorTargetConfig
+from .geometry import Anchors, anchor_codes, as_grids, grid_levels, num_anchors, plain_level
+from .grid_matching import match_grids, max_ioa_grids
+from .outputs import AnchorTargets
+from .targets import classify, labels_of, outside_weights, per_coordinate, regression_targets
+
+
+def compute_anchor_targets(
+    anchors: Anchors,
+    gt_boxes: Tensor,
+    num_boxes: Tensor,
+    im_info: Tensor,
+    config: AnchorTargetConfig,
+    ignore_boxes: Tensor | None = None,
+    num_ignore: Tensor | None = None,
+    sample_keys: Tensor | None = None,
+) -> AnchorTargets:
+    """The assignment itself, on checked inputs: no validation, no host synchronisation.
+
+    ``sample_keys`` (B, N) from ``frcnn.sampling.random_keys`` drive the subsampling; when None
+    and subsampling is on they are drawn from the global generator. This is the function to ``torch.compile``.
+    """
+    dtype = gt_boxes.dtype
+    offset = 1.0 if config.legacy_plus_one else 0.0
+    batch = gt_boxes.shape[0]
+    if gt_boxes.shape[1] == 0:
+        gt_boxes = gt_boxes.new_zeros(batch, 1, 5)
+    rank = torch.arange(gt_boxes.shape[1], device=gt_boxes.device)
+    valid = rank[None, :] < num_boxes[:, None]
+    # Padded rows may hold anything; replace them so that no NaN or inf can leak through.
+    gt = torch.where(valid[..., None], gt_boxes[..., :4], 0.0)
+    im_info = im_info.to(dtype)
+    grids = as_grids(anchors)
+    levels = [plain_level(anchors, dtype, offset)] if grids is None else grid_levels(grids, dtype, offset)
+
+    match = match_grids(levels, gt, valid, im_info, config, offset)
+    has_gt = num_boxes > 0
+    positive, negative = classify(match, has_gt, config)
+
+    if ignore_boxes is not None and ignore_boxes.shape[1] > 0:
+        ignore_valid = torch.arange(ignore_boxes.shape[1], device=gt.device)[None, :] < num_ignore[:, None]
+        ignore = torch.where(ignore_valid[..., None], ignore_boxes.to(dtype), 0.0)
+        covered = max_ioa_grids(levels, ignore, ignore_valid, im_info, config, offset) >= config.ignore_overlap
+        negative = negative & ~covered
+
+    if config.batch_size is not None:
+        if sample_keys is None:
+            sample_keys = random_keys(positive.shape, positive.device)
+        positive, negative = sample_balanced(positive, negative, config.batch_size, config.fg_fraction, sample_keys)
+
+    # Every taking-part anchor of an image with gt gets a target (docs/anchor_targets.md,
+    # Targets), sampled or not.
+    has_target = match.inside & has_gt[:, None]
+    targets = regression_targets(*anchor_codes(anchors, config.legacy_plus_one, dtype), gt, match.target_gt,
+                                 has_target, config)
+    inside_weights = per_coordinate(positive.to(dtype), config.bbox_inside_weights)
+    anchor_weights = per_coordinate(outside_weights(positive, negative, config.positive_weight, dtype),
+                                    (1.0, 1.0, 1.0, 1.0))
+    matched_gt = match.target_gt.long().masked_fill_(~positive, -1)
+    return AnchorTargets(labels_of(positive, negative), targets, inside_weights, anchor_weights, matched_gt)
+
+
+def assign_anchor_targets(
+    anchors: Anchors,
+    gt_boxes: Tensor,
+    num_boxes: Tensor,
+    im_info: Tensor,
+    config: AnchorTargetConfig | None = None,
+    generator: torch.Generator | None = None,
+    ignore_boxes: Tensor | None = None,
+    num_ignore: Tensor | None = None,
+    *,
+    validate: bool = True,
+) -> AnchorTargets:
+    """RPN targets for every anchor of every image (docs/anchor_targets.md).
+
+    anchors: (N, 4) boxes, or an ``AnchorGrid`` / a sequence of them (level-major order; the
+    fast path). gt_boxes (B, K, 5) rows (x1, y1, x2, y2, class), rows >= num_boxes[b] ignored;
+    num_boxes (B,); im_info (B, 3) rows (height, width, scale); ignore_boxes (B, J, 4) with
+    num_ignore (B,) mark crowd regions. ``generator`` drives the subsampling.
+    ``validate=False`` skips the input checks and their one host synchronisation.
+    """
+    config = config or AnchorTargetConfig()
+    if validate:
+        check_inputs(anchors, gt_boxes, num_boxes, im_info, ignore_boxes, num_ignore)
+    sample_keys = None
+    if config.batch_size is not None and generator is not None:
+        sample_keys = random_keys((gt_boxes.shape[0], num_anchors(anchors)), gt_boxes.device, generator)
+    return compute_anchor_targets(anchors, gt_boxes, num_boxes, im_info, config, ignore_boxes,
+                                  num_ignore, sample_keys)
