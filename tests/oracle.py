@@ -1,4 +1,4 @@
-"""Independent numpy (float64) reference for the RPN anchor target layer (SPEC.md).
+"""Independent numpy (float64) reference for the RPN anchor target layer (the rules of docs/anchor_targets.md).
 
 Written for clarity, one image at a time. It shares no code with ``frcnn`` and is
 used as a test oracle. Only ``batch_size=None`` (no random subsampling) is supported.
@@ -23,7 +23,7 @@ __all__ = [
 
 @dataclass
 class SimpleConfig:
-    """Plain configuration holder with SPEC's field names and defaults."""
+    """Plain configuration holder with the layer's field names and defaults."""
 
     positive_overlap: float = 0.7
     negative_overlap: float = 0.3
@@ -41,7 +41,7 @@ class SimpleConfig:
     ignore_overlap: float = 0.5
 
 
-# --------------------------------------------------------------------------- step 1
+# --------------------------------------------------------------------------- base anchors
 
 
 def ref_generate_anchors(
@@ -76,7 +76,7 @@ def ref_generate_anchors(
     return np.array(rows, dtype=np.float64).reshape(-1, 4)
 
 
-# --------------------------------------------------------------------------- step 2
+# --------------------------------------------------------------------------- shifted anchors
 
 
 def ref_shifted_anchors(base: np.ndarray, height: int, width: int, stride: int) -> np.ndarray:
@@ -142,7 +142,7 @@ def _encode(anchors: np.ndarray, gts: np.ndarray, plus_one: bool, weights) -> np
     return np.stack([dx, dy, dw, dh], axis=1)
 
 
-# --------------------------------------------------------------------------- steps 3-9
+# --------------------------------------------------------------------------- targets of one image
 
 
 def ref_anchor_targets(anchors, gt_boxes, im_info, cfg, ignore_boxes=None) -> dict:
@@ -174,7 +174,7 @@ def ref_anchor_targets(anchors, gt_boxes, im_info, cfg, ignore_boxes=None) -> di
     outside_w = np.zeros((N, 4), dtype=np.float64)
     matched_gt = np.full(N, -1, dtype=np.int64)
 
-    # Step 3: inside filter.
+    # Inside rule.
     if cfg.allowed_border is None:
         inside = np.ones(N, dtype=bool)
     else:
@@ -192,7 +192,7 @@ def ref_anchor_targets(anchors, gt_boxes, im_info, cfg, ignore_boxes=None) -> di
         # No gt: every taking-part anchor is negative, targets stay zero.
         labels[idx] = 0
     else:
-        # Step 4: overlaps between taking-part anchors and gts.
+        # Overlaps between taking-part anchors and gts.
         iou = ref_iou(part, gts, plus_one)  # (M, K)
         M = part.shape[0]
         if M > 0:
@@ -212,7 +212,7 @@ def ref_anchor_targets(anchors, gt_boxes, im_info, cfg, ignore_boxes=None) -> di
                 lq_hit[:, k] = iou[:, k] == gt_max[k]
         is_lq = lq_hit.any(axis=1)
 
-        # Step 5: labels in SPEC's order (part_labels starts at -1).
+        # Labels, in the documented order (part_labels starts at -1).
         part_labels = np.full(M, -1, dtype=np.int64)
         if not cfg.clobber_positives:
             part_labels[max_iou < cfg.negative_overlap] = 0
@@ -229,7 +229,7 @@ def ref_anchor_targets(anchors, gt_boxes, im_info, cfg, ignore_boxes=None) -> di
             for m in np.nonzero(is_lq)[0]:
                 match[m] = int(np.nonzero(lq_hit[m])[0].max())
 
-        # Step 7: regression targets for all taking-part anchors.
+        # Regression targets for all taking-part anchors.
         if M > 0:
             bbox_targets[idx] = _encode(part, gts[match], plus_one, cfg.bbox_weights)
 
@@ -248,12 +248,12 @@ def ref_anchor_targets(anchors, gt_boxes, im_info, cfg, ignore_boxes=None) -> di
             hit = (labels[idx] != 1) & (max_iof >= cfg.ignore_overlap)
             labels[idx[hit]] = -1
 
-    # Step 8: inside weights.
+    # Inside weights.
     pos = labels == 1
     neg = labels == 0
     inside_w[pos] = np.asarray(cfg.bbox_inside_weights, dtype=np.float64)
 
-    # Step 9: outside weights.
+    # Outside weights.
     p = float(cfg.positive_weight)
     if p < 0:
         n_ex = int(np.sum(labels >= 0))
@@ -276,7 +276,7 @@ def ref_anchor_targets(anchors, gt_boxes, im_info, cfg, ignore_boxes=None) -> di
     }
 
 
-# --------------------------------------------------------------------------- step 10
+# --------------------------------------------------------------------------- the legacy layout
 
 
 def ref_legacy_layout(per_anchor: dict, height: int, width: int, num_anchors_per_cell: int):
