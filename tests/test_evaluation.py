@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -36,6 +37,11 @@ def annotation(image_id, boxes=(), labels=(), difficult=None, ignore=(), ignore_
 
 def voc_dataset(*annotations: ImageAnnotation, class_names=("cat", "dog")) -> DetectionDataset:
     return DetectionDataset(tuple(annotations), class_names, "voc")
+
+
+def write_image(path: Path, width: int, height: int) -> None:
+    """A grey JPEG of the annotated size, for the COCO reader's image checks."""
+    Image.new("RGB", (width, height), (128, 128, 128)).save(path, "JPEG")
 
 
 def dets(boxes=(), scores=(), labels=()) -> dict:
@@ -289,7 +295,7 @@ def test_coco_metrics_equal_pycocotools_on_the_annotation_file(tmp_path, seed, e
     annotation_file = tmp_path / "instances.json"
     annotation_file.write_text(json.dumps(content))
     for image in content["images"]:
-        (tmp_path / image["file_name"]).touch()
+        write_image(tmp_path / image["file_name"], image["width"], image["height"])
     results = random_results(rng, content)
     stats, precision = pycocotools_stats(annotation_file, results)
 
@@ -374,7 +380,7 @@ def test_coco_results_use_the_annotation_files_ids(tmp_path):
                "categories": [{"id": 44, "name": "bottle"}, {"id": 7, "name": "cup"}],
                "annotations": [{"id": 1, "image_id": 12, "category_id": 44, "bbox": [1, 2, 3, 4]}]}
     (tmp_path / "ann.json").write_text(json.dumps(content))
-    (tmp_path / "x.jpg").touch()
+    write_image(tmp_path / "x.jpg", 50, 50)
     dataset = load_coco(tmp_path / "ann.json", tmp_path)
     assert dataset.class_names == ("cup", "bottle")
     path = tmp_path / "results.json"
