@@ -5,12 +5,10 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from .. import engine
-from ..data import DatasetError, DetectionDataset, ImageAnnotation
+from ..data import DetectionDataset, image_annotation
 from ..viz import draw_detections, load_image, save_png
 from .common import HelpFormatter, device_option, load_model, say, write_json
 
@@ -34,21 +32,6 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run)
 
 
-def _image_annotation(path: Path, index: int) -> ImageAnnotation:
-    """An image file as an annotation with no objects (its size read from the header)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as error:
-        raise DatasetError(f"{path}: cannot read the image: {error}") from error
-    empty = np.zeros((0, 4), dtype=np.float32)
-    no_labels = np.zeros(0, dtype=np.int64)
-    return ImageAnnotation(path, index, height, width, empty, no_labels, np.zeros(0, dtype=bool),
-                           np.zeros(0), empty, no_labels)
-
-
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
     """File stems, with a numeric suffix where two images share one."""
     seen: dict[str, int] = {}
@@ -64,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     device = engine.resolve_device(args.device)
     model, config, class_names = load_model(args.checkpoint, device)
     paths = [Path(p) for p in args.images]
-    images = DetectionDataset(tuple(_image_annotation(p, i) for i, p in enumerate(paths)), tuple(class_names),
+    images = DetectionDataset(tuple(image_annotation(p, i) for i, p in enumerate(paths)), tuple(class_names),
                               "voc")
     predictions = engine.predict(model, images, config.transform(training=False), device,
                                  config.train.eval_batch_size)

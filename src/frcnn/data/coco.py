@@ -1,8 +1,9 @@
 """COCO: an instances JSON file and an image folder.
 
 COCO boxes [x, y, w, h] become corners (x, y, x + w, y + h); category ids, sorted, map to the
-contiguous labels 1..C (``DetectionDataset.category_ids`` maps back); ``iscrowd`` annotations
-become ignore regions; images without annotations are kept.
+contiguous labels 1..C (``DetectionDataset.category_ids`` maps back), or ``data.class_names``
+picks categories by name; ``iscrowd`` annotations become ignore regions; images without
+annotations are kept.
 """
 from __future__ import annotations
 
@@ -12,19 +13,22 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .annotations import ImageAnnotation, check_boxes, dataset_error
-from .dataset import DetectionDataset, check_images_exist
+from .annotations import ImageAnnotation, Problem, ProblemLog, ReadOptions, check_boxes, dataset_error
+from .dataset import DetectionDataset, finished_dataset
+from .images import checked_image_size
 
 
 def read_json(path: Path) -> Any:
-    """Parsed JSON; DatasetError naming the file if it is missing or malformed."""
+    """Parsed JSON; DatasetError naming the file (and line) if it is missing or malformed."""
     try:
         with open(path, encoding="utf-8") as file:
             return json.load(file)
     except FileNotFoundError as error:
         raise dataset_error(path, "file is missing") from error
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise dataset_error(path, f"malformed JSON: {error}") from error
+    except json.JSONDecodeError as error:
+        raise dataset_error(path, f"malformed JSON: {error.msg} (column {error.colno})", line=error.lineno) from error
+    except (UnicodeDecodeError, OSError) as error:
+        raise dataset_error(path, f"cannot read the JSON file: {error}") from error
 
 
 def xywh_to_corners(boxes: np.ndarray) -> np.ndarray:
@@ -40,39 +44,41 @@ def corners_to_xywh(boxes: np.ndarray) -> np.ndarray:
 
 
 def load_coco(annotation_file: str | Path, image_dir: str | Path,
-              drop_degenerate: bool = False) -> DetectionDataset:
+              options: ReadOptions = ReadOptions()) -> DetectionDataset:
     """Every image of a COCO instances file, ordered by image id.
 
-    Any bad field, unknown image or category id, or bad box raises DatasetError naming the file
-    and the image or annotation; a missing image file raises it naming the image.
+    Bad fields, duplicate image ids, annotations of unknown images or categories, bad boxes, and
+    missing, unreadable or mis-sized image files go to ``options``' policies (``ReadOptions``),
+    each named by the file and the image or annotation.
     """
     path = Path(annotation_file).expanduser()
     content = read_json(path)
     if not isinstance(content, dict):
         raise dataset_error(path, "is not a COCO instances file (a JSON object)")
-    category_ids, class_names = _categories(content, path)
-    images = _images(content, path)
+    log = ProblemLog(options)
+    categories = _categories(content, path)
+    category_ids, class_names, label_of = _labels(categories, options.class_names)
+    images, dropped_ids = _images(content, path, Path(image_dir).expanduser(), log)
     columns = _annotation_columns(content, path, {image["id"]: n for n, image in enumerate(images)},
-                                  {cat: label for label, cat in enumerate(category_ids, start=1)})
+                                  dropped_ids, categories, label_of, log)
     sizes = np.array([(images[n]["height"], images[n]["width"]) for n in columns.image_index],
                      dtype=np.float64).reshape(-1, 2)
 
-    def describe(i: int) -> tuple[Path, str]:
-        return path, (f"annotation {columns.annotation_ids[i]!r} of image "
-                      f"{images[columns.image_index[i]]['file_name']!r}")
+    def describe(i: int, message: str) -> Problem:
+        return Problem(str(path), message, item=f"annotation {columns.annotation_ids[i]!r} of image "
+                                                f"{images[columns.image_index[i]]['file_name']!r}")
 
-    kept = np.flatnonzero(check_boxes(columns.boxes, sizes, describe, drop_degenerate))
+    kept = np.flatnonzero(check_boxes(columns.boxes, sizes, log, describe))
     by_image = kept[np.argsort(columns.image_index[kept], kind="stable")]
     bounds = np.searchsorted(columns.image_index[by_image], np.arange(len(images) + 1))
-    image_dir = Path(image_dir).expanduser()
-    annotations = tuple(_image_annotation(image, image_dir, columns, by_image[bounds[n]:bounds[n + 1]])
-                        for n, image in enumerate(images))
-    check_images_exist(annotations)
-    return DetectionDataset(annotations, class_names, "coco", category_ids)
+    annotations = [_image_annotation(image, columns, by_image[bounds[n]:bounds[n + 1]])
+                   for n, image in enumerate(images)]
+    log.warn(f"coco:{path}")
+    return finished_dataset(annotations, class_names, "coco", path, log.problems, category_ids)
 
 
 class _Columns(NamedTuple):
-    """Every annotation of the file, row i: boxes (N, 4) corners, image_index (N,) into the
+    """Every kept annotation of the file, row i: boxes (N, 4) corners, image_index (N,) into the
     sorted images, labels (N,), crowd (N,) bool, areas (N,), annotation_ids (N,)."""
 
     boxes: np.ndarray
@@ -83,8 +89,8 @@ class _Columns(NamedTuple):
     annotation_ids: list[Any]
 
 
-def _categories(content: dict, path: Path) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """Category ids, sorted, and their names."""
+def _categories(content: dict, path: Path) -> dict[int, str]:
+    """Category id -> name, sorted by id."""
     raw = content.get("categories")
     if not isinstance(raw, list) or not raw:
         raise dataset_error(path, "has no categories")
@@ -98,70 +104,99 @@ def _categories(content: dict, path: Path) -> tuple[tuple[int, ...], tuple[str, 
         if not isinstance(cat_id, int) or cat_id in categories:
             raise dataset_error(path, f"category id {cat_id!r} is not a unique integer", item)
         categories[cat_id] = name
-    ids = tuple(sorted(categories))
-    return ids, tuple(categories[i] for i in ids)
+    return dict(sorted(categories.items()))
 
 
-def _images(content: dict, path: Path) -> list[dict[str, Any]]:
-    """The images, sorted by id, each {"id", "file_name", "width", "height"}."""
+def _labels(categories: dict[int, str], class_names: tuple[str, ...] | None
+            ) -> tuple[tuple[int, ...], tuple[str, ...], dict[int, int]]:
+    """(category id of each label, class names, category id -> label). With ``class_names``,
+    categories are picked by name; a name the file lacks gets an id above the file's."""
+    if class_names is None:
+        return tuple(categories), tuple(categories.values()), {cat: n for n, cat in enumerate(categories, start=1)}
+    id_of = {name: cat for cat, name in reversed(categories.items())}
+    spare = iter(range(max(categories) + 1, max(categories) + 1 + len(class_names)))
+    ids = tuple(id_of[name] if name in id_of else next(spare) for name in class_names)
+    label_of = {cat: n for n, cat in enumerate(ids, start=1) if cat in categories}
+    return ids, tuple(class_names), label_of
+
+
+def _images(content: dict, path: Path, image_dir: Path,
+            log: ProblemLog) -> tuple[list[dict[str, Any]], set[Any]]:
+    """The usable images, sorted by id, each {"id", "file_name", "path", "width", "height"}, and
+    the ids of the images dropped."""
     raw = content.get("images")
     if not isinstance(raw, list) or not raw:
         raise dataset_error(path, "has no images")
     images: dict[int, dict[str, Any]] = {}
+    dropped: set[Any] = set()
     for index, image in enumerate(raw):
         item = f"image #{index}"
         try:
             entry = {"id": image["id"], "file_name": str(image["file_name"]),
                      "width": int(image["width"]), "height": int(image["height"])}
         except (KeyError, TypeError, ValueError) as error:
-            raise dataset_error(path, f"bad or missing field {error}", item) from error
+            log.bad(Problem(str(path), f"bad or missing field {error}", item=item), dropped="image")
+            dropped.add(image.get("id") if isinstance(image, dict) else None)
+            continue
         if not isinstance(entry["id"], int) or entry["id"] in images:
-            raise dataset_error(path, f"image id {entry['id']!r} is not a unique integer", item)
+            log.bad(Problem(str(path), f"image id {entry['id']!r} is not a unique integer", item=item), dropped="image")
+            continue
         if entry["width"] <= 0 or entry["height"] <= 0:
-            raise dataset_error(path, f"size {entry['width']}x{entry['height']} (width x height) "
-                                      "is not positive", f"image {entry['file_name']!r}")
+            log.bad(Problem(str(path), f"size {entry['width']}x{entry['height']} (width x height) is not positive",
+                            item=f"image {entry['file_name']!r}"), dropped="image")
+            dropped.add(entry["id"])
+            continue
+        entry["path"] = image_dir / entry["file_name"]
+        if checked_image_size(entry["path"], log, (entry["width"], entry["height"]), path) is None:
+            dropped.add(entry["id"])
+            continue
         images[entry["id"]] = entry
-    return [images[i] for i in sorted(images)]
+    return [images[i] for i in sorted(images)], dropped - set(images)
 
 
-def _annotation_columns(content: dict, path: Path, image_of: dict[int, int],
-                        label_of: dict[int, int]) -> _Columns:
+def _annotation_columns(content: dict, path: Path, image_of: dict[int, int], dropped_images: set[Any],
+                        categories: dict[int, str], label_of: dict[int, int], log: ProblemLog) -> _Columns:
     raw = content.get("annotations", [])
     if not isinstance(raw, list):
         raise dataset_error(path, "'annotations' is not a list")
-    count = len(raw)
-    xywh = np.zeros((count, 4), dtype=np.float64)
-    image_index = np.zeros(count, dtype=np.int64)
-    labels = np.zeros(count, dtype=np.int64)
-    crowd = np.zeros(count, dtype=bool)
-    areas = np.zeros(count, dtype=np.float64)
-    annotation_ids = []
+    rows: list[tuple[list[float], int, int, bool, float | None, Any]] = []
     for row, annotation in enumerate(raw):
         annotation_id = annotation.get("id", f"#{row}") if isinstance(annotation, dict) else f"#{row}"
         item = f"annotation {annotation_id!r}"
         try:
             image_id, category_id = annotation["image_id"], annotation["category_id"]
-            xywh[row] = [float(v) for v in annotation["bbox"]]
-            crowd[row] = bool(annotation.get("iscrowd", 0))
-            areas[row] = float(annotation.get("area", xywh[row, 2] * xywh[row, 3]))
+            xywh = [float(v) for v in annotation["bbox"]]
+            if len(xywh) != 4:
+                raise ValueError(f"'bbox' has {len(xywh)} numbers, not 4")
+            crowd = bool(annotation.get("iscrowd", 0))
+            area = annotation.get("area")
+            area = None if area is None else float(area)
         except (KeyError, TypeError, ValueError) as error:
-            raise dataset_error(path, f"bad or missing field {error}", item) from error
+            log.bad(Problem(str(path), f"bad or missing field {error}", item=item))
+            continue
+        if image_id in dropped_images:
+            continue
         if image_id not in image_of:
-            raise dataset_error(path, f"unknown image_id {image_id!r}", item)
-        if category_id not in label_of:
-            raise dataset_error(path, f"unknown category_id {category_id!r}", item)
-        image_index[row] = image_of[image_id]
-        labels[row] = label_of[category_id]
-        annotation_ids.append(annotation_id)
-    return _Columns(xywh_to_corners(xywh), image_index, labels, crowd, areas, annotation_ids)
+            log.bad(Problem(str(path), f"image_id {image_id!r} is not an image of the file", item=item))
+        elif category_id not in categories:
+            log.bad(Problem(str(path), f"category_id {category_id!r} is not a category of the file", item=item))
+        elif category_id not in label_of:
+            log.unknown_class(Problem(str(path), f"class {categories[category_id]!r} (category_id {category_id}) "
+                                                 "is not one of data.class_names", item=item))
+        else:
+            rows.append((xywh, image_of[image_id], label_of[category_id], crowd, area, annotation_id))
+    xywh = np.array([r[0] for r in rows], dtype=np.float64).reshape(-1, 4)
+    areas = np.array([xywh[n, 2] * xywh[n, 3] if r[4] is None else r[4] for n, r in enumerate(rows)], dtype=np.float64)
+    return _Columns(xywh_to_corners(xywh), np.array([r[1] for r in rows], dtype=np.int64),
+                    np.array([r[2] for r in rows], dtype=np.int64), np.array([r[3] for r in rows], dtype=bool),
+                    areas, [r[5] for r in rows])
 
 
-def _image_annotation(image: dict[str, Any], image_dir: Path, columns: _Columns,
-                      rows: np.ndarray) -> ImageAnnotation:
+def _image_annotation(image: dict[str, Any], columns: _Columns, rows: np.ndarray) -> ImageAnnotation:
     objects = rows[~columns.crowd[rows]]
     crowds = rows[columns.crowd[rows]]
     return ImageAnnotation(
-        image_path=image_dir / image["file_name"],
+        image_path=image["path"],
         image_id=image["id"],
         height=image["height"],
         width=image["width"],

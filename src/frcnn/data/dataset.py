@@ -1,7 +1,6 @@
 """A detection dataset over ImageAnnotation records: decodes images and yields (image, target)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -9,9 +8,9 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from PIL import Image
 
-from .annotations import ImageAnnotation, dataset_error
+from .annotations import DatasetError, ImageAnnotation, Problem, dataset_error
+from .images import read_rgb
 
 Target = dict[str, Any]
 Transform = Callable[[Tensor, Target], tuple[Tensor, Target]]
@@ -25,15 +24,18 @@ class DetectionDataset(torch.utils.data.Dataset):
     float32, ``labels`` (n,) int64 in 1..C, ``difficult`` (n,) bool, ``ignore_boxes`` (m, 4)
     float32, ``ignore_labels`` (m,) int64, ``image_id`` and ``orig_size`` (h, w).
 
-    ``source_format`` says how results files name images and classes: "voc" (file stem, class
-    name, 1-based pixel boxes) or "coco" (the annotation file's ids; ``category_ids[label - 1]``).
+    ``source_format`` is the layout it was read from, and says how results files name images and
+    classes: "voc" and "yolo" by image id (the file stem), class name and 1-based pixel boxes;
+    "coco" by the annotation file's ids (``category_ids[label - 1]``). ``problems`` are the bad
+    data the reader dropped (``data.on_bad`` / ``data.unknown_classes`` "skip").
     """
 
     annotations: tuple[ImageAnnotation, ...]
     class_names: tuple[str, ...]
-    source_format: Literal["voc", "coco"]
+    source_format: Literal["voc", "coco", "yolo"]
     category_ids: tuple[int, ...] | None = None
     transform: Transform | None = None
+    problems: tuple[Problem, ...] = ()
 
     def __len__(self) -> int:
         return len(self.annotations)
@@ -60,16 +62,10 @@ class DetectionDataset(torch.utils.data.Dataset):
 
 
 def read_image(annotation: ImageAnnotation) -> Tensor:
-    """Decode the annotation's image as (3, H, W) uint8 RGB; DatasetError if missing,
-    unreadable, or of another size than annotated."""
+    """Decode the annotation's image as (3, H, W) uint8 RGB; DatasetError naming the file if it is
+    missing, unreadable, or of another size than annotated."""
     path = annotation.image_path
-    try:
-        with Image.open(path) as file:
-            pixels = np.array(file.convert("RGB"))
-    # PIL reports some corrupt files with SyntaxError or ValueError rather than OSError.
-    except (OSError, SyntaxError, ValueError) as error:
-        raise dataset_error(path, f"cannot read image of {annotation.image_id!r}: {error}") from error
-    image = torch.from_numpy(pixels).permute(2, 0, 1)
+    image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)
     height, width = image.shape[-2:]
     if (height, width) != (annotation.height, annotation.width):
         raise dataset_error(path, f"image is {width}x{height} (width x height) but its annotation "
@@ -90,12 +86,12 @@ def target_of(annotation: ImageAnnotation) -> Target:
     }
 
 
-def check_images_exist(annotations: Sequence[ImageAnnotation]) -> None:
-    """DatasetError naming the first image file that does not exist (one listing per folder)."""
-    listings: dict[Path, set[str]] = {}
-    for annotation in annotations:
-        folder = annotation.image_path.parent
-        if folder not in listings:
-            listings[folder] = set(os.listdir(folder)) if folder.is_dir() else set()
-        if annotation.image_path.name not in listings[folder]:
-            raise dataset_error(annotation.image_path, f"image of {annotation.image_id!r} is missing")
+def finished_dataset(annotations: Sequence[ImageAnnotation], class_names: Sequence[str],
+                     source_format: Literal["voc", "coco", "yolo"], source: str | Path,
+                     problems: Sequence[Problem], category_ids: Sequence[int] | None = None) -> DetectionDataset:
+    """A reader's dataset; DatasetError naming ``source`` if no image is left."""
+    if not annotations:
+        why = f" ({len(problems)} problems dropped data; the first: {problems[0]})" if problems else ""
+        raise DatasetError(f"{source}: no usable images in this split{why}")
+    return DetectionDataset(tuple(annotations), tuple(class_names), source_format,
+                            None if category_ids is None else tuple(category_ids), problems=tuple(problems))

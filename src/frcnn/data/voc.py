@@ -6,15 +6,18 @@ that convert.
 """
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .annotations import ImageAnnotation, box_areas, check_boxes, dataset_error
-from .dataset import DetectionDataset, check_images_exist
+from .annotations import (DatasetError, ImageAnnotation, Problem, ProblemLog, ReadOptions, check_boxes,
+                          dataset_error, plain_annotation)
+from .dataset import DetectionDataset, finished_dataset
+from .images import IMAGE_SUFFIXES, checked_image_size
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -46,25 +49,30 @@ class VocObject:
 
 @dataclass(frozen=True)
 class VocFile:
-    """One annotation XML: the image size and its objects."""
+    """One annotation XML: the image's file name and size (None where the file gives none or 0),
+    and its objects."""
 
-    width: int
-    height: int
+    filename: str | None
+    width: int | None
+    height: int | None
     objects: tuple[VocObject, ...]
 
 
 def parse_voc_xml(path: Path) -> VocFile:
-    """Read a VOC annotation XML; DatasetError naming the file (and object) if it is bad."""
+    """Read a VOC annotation XML; DatasetError naming the file (and line or object) if it is bad."""
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError as error:
         raise dataset_error(path, "annotation file is missing") from error
-    except (ET.ParseError, OSError) as error:
-        raise dataset_error(path, f"malformed XML: {error}") from error
-    width = _number(root, "size/width", path, None, int)
-    height = _number(root, "size/height", path, None, int)
-    if width <= 0 or height <= 0:
-        raise dataset_error(path, f"image size {width}x{height} (width x height) is not positive")
+    except ET.ParseError as error:
+        raise dataset_error(path, f"malformed XML: {error}", line=error.position[0]) from error
+    except OSError as error:
+        raise dataset_error(path, f"cannot read the annotation file: {error}") from error
+    sizes = [_number(root, f"size/{key}", path, None, int) if root.findtext(f"size/{key}") else None
+             for key in ("width", "height")]
+    if any(size is not None and size < 0 for size in sizes) or sizes.count(0) == 1:
+        raise dataset_error(path, f"image size {sizes[0]}x{sizes[1]} (width x height) is not positive")
+    width, height = (None, None) if None in sizes or 0 in sizes else sizes
     objects = []
     for index, node in enumerate(root.findall("object")):
         item = f"object {index}"
@@ -76,7 +84,8 @@ def parse_voc_xml(path: Path) -> VocFile:
                     for key in ("xmin", "ymin", "xmax", "ymax"))
         objects.append(VocObject(name, box, _flag(node, "difficult", path, item),
                                  _flag(node, "truncated", path, item)))
-    return VocFile(width, height, tuple(objects))
+    filename = (root.findtext("filename") or "").strip() or None
+    return VocFile(filename, width, height, tuple(objects))
 
 
 def _number(node: ET.Element, tag: str, path: Path, item: str | None, kind: type) -> int | float:
@@ -122,16 +131,22 @@ def voc_year_dir(root: str | Path) -> Path:
     if len(years) == 1:
         return years[0]
     if not years:
-        raise dataset_error(root, "not a VOC folder: no Annotations/ in it or in a VOC*/ subfolder")
+        what = "does not exist" if not root.exists() else "not a VOC folder: no Annotations/ in it or in a VOC*/ subfolder"
+        raise dataset_error(root, what)
     names = ", ".join(p.name for p in years)
     raise dataset_error(root, f"holds several VOC years ({names}); name one, e.g. voc:{years[0]}")
 
 
 def split_ids(year_dir: Path, split: str) -> list[str]:
-    """Image ids listed in ImageSets/Main/<split>.txt; DatasetError if missing or empty."""
-    path = year_dir / "ImageSets" / "Main" / f"{split}.txt"
+    """Image ids listed in ImageSets/Main/<split>.txt; DatasetError if missing (naming the
+    splits there are) or empty."""
+    folder = year_dir / "ImageSets" / "Main"
+    path = folder / f"{split}.txt"
     if not path.is_file():
-        raise dataset_error(path, f"no split {split!r}: the split file is missing")
+        there = sorted(p.stem for p in folder.glob("*.txt") if "_" not in p.stem) if folder.is_dir() else []
+        hint = (f"this folder has {', '.join(there)}; choose one with --split or --set data.train_split=NAME"
+                if there else "write it with the image ids (file stems) of the split, one a line")
+        raise dataset_error(path, f"no split {split!r}: the split file is missing; {hint}")
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise dataset_error(path, f"split {split!r} is empty")
@@ -139,56 +154,89 @@ def split_ids(year_dir: Path, split: str) -> list[str]:
 
 
 def found_class_names(year_dir: Path) -> tuple[str, ...]:
-    """Sorted class names used anywhere in Annotations/ (the same for every split)."""
-    return tuple(sorted({obj.name for path in sorted((year_dir / "Annotations").glob("*.xml"))
-                         for obj in parse_voc_xml(path).objects}))
+    """Sorted class names used anywhere in Annotations/ (the same for every split); files that
+    cannot be read are left out (the split that holds one reports it)."""
+    return _names_in(_parse_all(year_dir).values())
 
 
-def load_voc(
-    root: str | Path,
-    split: str,
-    class_names: Sequence[str] | Literal["found"] = VOC_CLASSES,
-    drop_degenerate: bool = False,
-) -> DetectionDataset:
+def _parse_all(year_dir: Path) -> dict[str, VocFile | DatasetError]:
+    """Every Annotations/*.xml by stem, parsed, or the error that parsing raised."""
+    parsed: dict[str, VocFile | DatasetError] = {}
+    for path in sorted((year_dir / "Annotations").glob("*.xml")):
+        try:
+            parsed[path.stem] = parse_voc_xml(path)
+        except DatasetError as error:
+            parsed[path.stem] = error
+    return parsed
+
+
+def _names_in(files: Sequence[VocFile | DatasetError]) -> tuple[str, ...]:
+    return tuple(sorted({obj.name for file in files if isinstance(file, VocFile) for obj in file.objects}))
+
+
+def load_voc(root: str | Path, split: str, options: ReadOptions = ReadOptions()) -> DetectionDataset:
     """The VOC split ``split`` of ``root`` (a VOCdevkit folder or a year folder).
 
-    ``class_names``: label i + 1 is class_names[i]; "found" takes the sorted names in
-    Annotations/. Difficult objects are kept and flagged. Any bad file, box or class name raises
-    DatasetError naming the file and object.
+    Class names are ``options.class_names``, or (None) the sorted names found in Annotations/.
+    An image is JPEGImages/<id>.jpg, else the file the XML's <filename> names there, else
+    JPEGImages/<id> with another image suffix; its header size must match the XML's (taken from
+    the header where the XML has none). Difficult objects are kept and flagged. Bad files, boxes
+    and class names go to ``options``' policies (``ReadOptions``).
     """
     year_dir = voc_year_dir(root)
     ids = split_ids(year_dir, split)
-    names = found_class_names(year_dir) if class_names == "found" else tuple(class_names)
+    parsed = _parse_all(year_dir) if options.class_names is None else {}
+    names = options.class_names or _names_in(list(parsed.values()))
+    if not names:
+        raise dataset_error(year_dir / "Annotations", "holds no objects to take class names from; "
+                                                      "set data.class_names")
+    log = ProblemLog(options)
     labels = {name: label for label, name in enumerate(names, start=1)}
-    annotations = tuple(_annotation(year_dir, image_id, labels, drop_degenerate) for image_id in ids)
-    check_images_exist(annotations)
-    return DetectionDataset(annotations, names, "voc")
+    image_dir = year_dir / "JPEGImages"
+    listing = set(os.listdir(image_dir)) if image_dir.is_dir() else set()
+    annotations = []
+    for image_id in ids:
+        annotation = _annotation(year_dir, image_id, parsed.get(image_id), labels, log, listing)
+        if annotation is not None:
+            annotations.append(annotation)
+    log.warn(f"voc:{year_dir} {split}")
+    return finished_dataset(annotations, names, "voc", f"{year_dir} split {split!r}", log.problems)
 
 
-def _annotation(year_dir: Path, image_id: str, labels: dict[str, int],
-                drop_degenerate: bool) -> ImageAnnotation:
+def _image_file(image_dir: Path, image_id: str, filename: str | None, listing: set[str]) -> Path:
+    candidates = [f"{image_id}.jpg", filename] + [image_id + suffix for suffix in IMAGE_SUFFIXES]
+    found = next((name for name in candidates if name and name in listing), f"{image_id}.jpg")
+    return image_dir / found
+
+
+def _annotation(year_dir: Path, image_id: str, parsed: VocFile | DatasetError | None, labels: dict[str, int],
+                log: ProblemLog, listing: set[str]) -> ImageAnnotation | None:
+    """The image's annotation, or None if it was dropped (``log`` says why)."""
     path = year_dir / "Annotations" / f"{image_id}.xml"
-    parsed = parse_voc_xml(path)
-    objects = parsed.objects
-    for index, obj in enumerate(objects):
-        if obj.name not in labels:
-            raise dataset_error(path, f"unknown class {obj.name!r} (known: {', '.join(labels)})",
-                                f"object {index}")
+    try:
+        parsed = parse_voc_xml(path) if parsed is None else parsed
+        if isinstance(parsed, DatasetError):
+            raise parsed
+    except DatasetError as error:
+        log.bad(error.problem, dropped="image")
+        return None
+    image_path = _image_file(year_dir / "JPEGImages", image_id, parsed.filename, listing)
+    annotated = None if parsed.width is None else (parsed.width, parsed.height)
+    size = checked_image_size(image_path, log, annotated, path)
+    if size is None:
+        return None
+    width, height = size
+    known = []
+    for index, obj in enumerate(parsed.objects):
+        if obj.name in labels:
+            known.append(index)
+        else:
+            log.unknown_class(Problem(str(path), f"unknown class {obj.name!r} (known: {', '.join(labels)})",
+                                      item=f"object {index}"))
+    objects = [parsed.objects[i] for i in known]
     boxes = voc_to_internal([obj.box for obj in objects])
-    sizes = np.tile([parsed.height, parsed.width], (len(objects), 1))
-    keep = check_boxes(boxes, sizes, lambda i: (path, f"object {i} ({objects[i].name!r})"),
-                       drop_degenerate)
-    boxes = boxes[keep]
+    keep = check_boxes(boxes, np.tile([height, width], (len(objects), 1)), log,
+                       lambda i, message: Problem(str(path), message, item=f"object {known[i]} ({objects[i].name!r})"))
     kept = [obj for obj, k in zip(objects, keep) if k]
-    return ImageAnnotation(
-        image_path=year_dir / "JPEGImages" / f"{image_id}.jpg",
-        image_id=image_id,
-        height=parsed.height,
-        width=parsed.width,
-        boxes=boxes,
-        labels=np.array([labels[obj.name] for obj in kept], dtype=np.int64),
-        difficult=np.array([obj.difficult for obj in kept], dtype=bool),
-        areas=box_areas(boxes),
-        ignore_boxes=np.zeros((0, 4), dtype=np.float64),
-        ignore_labels=np.zeros(0, dtype=np.int64),
-    )
+    return plain_annotation(image_path, image_id, height, width, boxes[keep],
+                            [labels[obj.name] for obj in kept], [obj.difficult for obj in kept])

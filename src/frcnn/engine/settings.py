@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from ..config import ModelConfig, from_plain, to_plain
-from ..data import DetectionDataset, DetectionTransform, SyntheticConfig, build_dataset
+from ..data import (DetectionDataset, DetectionTransform, ReadOptions, SyntheticConfig, build_dataset,
+                    resolve_class_names)
 
 SCHEDULES = ("cosine", "step")
 
@@ -98,21 +99,27 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images come from and how they are prepared.
+    """Where the images come from, how they are read and how they are prepared.
 
     ``train`` and ``val`` are dataset specs (``frcnn.data.SPEC_HELP``; ``val`` null: the training
-    spec), read at ``train_split`` and ``val_split``. Training images are flipped horizontally
-    with probability ``flip_prob`` (the resize and normalisation are the model's,
-    ``model.preprocess``). ``synthetic`` shapes the embedded dataset.
+    spec), read at ``train_split`` and ``val_split``. ``class_names`` (null: from the data; a list,
+    or a text file with one name a line) fixes the classes and their order; objects of other
+    classes stop the run, or with ``unknown_classes: skip`` are left out and counted. ``on_bad``:
+    ``error`` stops at the first bad file, line, object or image, ``skip`` drops it with a warning
+    and counts it (docs/data.md). Training images are flipped horizontally with probability
+    ``flip_prob`` (the resize and normalisation are the model's, ``model.preprocess``).
+    ``synthetic`` shapes the embedded dataset.
     """
 
     train: str = "synthetic"
     val: str | None = None
     train_split: str = "train"
     val_split: str = "val"
+    class_names: tuple[str, ...] | str | None = None
+    unknown_classes: str = "error"
+    on_bad: str = "error"
     flip_prob: float = 0.5
     keep_difficult: bool = False
-    drop_degenerate: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -123,15 +130,24 @@ class DataConfig:
                      "a non-empty string")
         _require("data", "val", self.val, self.val is None or (isinstance(self.val, str) and self.val),
                  "a non-empty string or null")
+        names = self.class_names
+        _require("data", "class_names", names, names is None or (isinstance(names, str) and names)
+                 or (isinstance(names, tuple) and all(isinstance(n, str) for n in names)),
+                 "null, a list of names or the path of a text file with one name a line")
+        ReadOptions(names if isinstance(names, tuple) else None, self.unknown_classes, self.on_bad)
 
     @property
     def val_spec(self) -> str:
         return self.val if self.val is not None else self.train
 
+    def read_options(self) -> ReadOptions:
+        """How the readers name classes and treat bad data (a class-names file is read here)."""
+        return ReadOptions(resolve_class_names(self.class_names), self.unknown_classes, self.on_bad)
+
     def dataset(self, role: str) -> DetectionDataset:
         """The training ("train") or evaluation ("val") dataset, untransformed."""
         spec, split = (self.train, self.train_split) if role == "train" else (self.val_spec, self.val_split)
-        return build_dataset(spec, split, drop_degenerate=self.drop_degenerate, synthetic=self.synthetic)
+        return build_dataset(spec, split, self.read_options(), self.synthetic)
 
 
 @dataclass(frozen=True)
