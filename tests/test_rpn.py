@@ -42,7 +42,7 @@ def test_rpn_head_shapes_and_init(objectness, logits):
     out_logits, out_deltas = head([torch.randn(2, 8, 5, 7), torch.randn(2, 8, 3, 4)])
     assert out_logits.shape == (2, (35 + 12) * 3, logits)
     assert out_deltas.shape == (2, (35 + 12) * 3, 4)
-    assert abs(head.conv.weight.std().item() - 0.01) < 0.002
+    assert abs(head.conv[0][0].weight.std().item() - 0.01) < 0.002
     assert head.cls_score.out_channels == logits * 3
 
 

@@ -1,8 +1,8 @@
 """Backbones: images (B, 3, H, W) -> feature maps at known strides, with an optional FPN.
 
 A backbone is a sequence of stages. Without FPN the detector uses the last stage's output (stride
-16); with FPN it uses, for each stride >= 4, the last stage at that stride, merged top-down, plus
-one extra coarser level for the RPN. ``build_backbone`` also returns the backbone's own RoI box
+16); with FPN it uses its taps (by default, for each stride >= 4, the last stage at that stride),
+merged top-down, plus one extra coarser level for the RPN. ``build_backbone`` also returns the backbone's own RoI box
 head where it has one (VGG16's fc6/fc7, ResNet's C5 stage).
 """
 from __future__ import annotations
@@ -29,17 +29,29 @@ class BoxHead(nn.Sequential):
         self.out_features = out_features
 
 
-class FeaturePyramid(nn.Module):
-    """FPN: lateral 1x1 and output 3x3 convolutions over top-down nearest-upsampled sums, plus one
-    extra level, the coarsest output subsampled by 2."""
+def norm_layer(norm: str) -> type[nn.Module]:
+    """The BatchNorm module of a ``BackboneConfig.norm`` ("frozen" or "batch"), eps 1e-5."""
+    return FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
 
-    def __init__(self, in_channels: Sequence[int], out_channels: int) -> None:
+
+def _fpn_conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> nn.Module:
+    """A biased convolution (norm "none") or an unbiased one followed by BatchNorm ("batch")."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm == "none")
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    if norm == "none":
+        nn.init.zeros_(conv.bias)
+        return conv
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
+
+
+class FeaturePyramid(nn.Module):
+    """FPN: lateral 1x1 and output 3x3 convolutions (``norm``: see ``_fpn_conv``) over top-down
+    nearest-upsampled sums, plus one extra level, the coarsest output subsampled by 2."""
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int, norm: str = "none") -> None:
         super().__init__()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
-        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
-        for conv in [*self.lateral, *self.output]:
-            nn.init.kaiming_uniform_(conv.weight, a=1)
-            nn.init.zeros_(conv.bias)
+        self.lateral = nn.ModuleList(_fpn_conv(c, out_channels, 1, norm) for c in in_channels)
+        self.output = nn.ModuleList(_fpn_conv(out_channels, out_channels, 3, norm) for _ in in_channels)
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         """Feature maps finest first -> len(features) + 1 maps of ``out_channels``, finest first."""
@@ -60,7 +72,7 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, stages: Sequence[nn.Module], stage_strides: Sequence[int], stage_channels: Sequence[int],
-                 fpn_channels: int | None = None) -> None:
+                 fpn_channels: int | None = None, taps: Sequence[int] | None = None, fpn_norm: str = "none") -> None:
         super().__init__()
         self.stages = nn.ModuleList(stages)
         if fpn_channels is None:
@@ -70,8 +82,8 @@ class Backbone(nn.Module):
             self.out_channels = stage_channels[-1]
             self.num_roi_levels = 1
         else:
-            self.taps = _pyramid_taps(stage_strides)
-            self.fpn = FeaturePyramid([stage_channels[i] for i in self.taps], fpn_channels)
+            self.taps = tuple(taps) if taps is not None else _pyramid_taps(stage_strides)
+            self.fpn = FeaturePyramid([stage_channels[i] for i in self.taps], fpn_channels, fpn_norm)
             tap_strides = tuple(stage_strides[i] for i in self.taps)
             self.strides = (*tap_strides, 2 * tap_strides[-1])
             self.out_channels = fpn_channels
@@ -135,7 +147,7 @@ def _vgg16(config: BackboneConfig, own_head: bool):
 
 def _resnet(config: BackboneConfig, own_head: bool):
     build = {"resnet50": torchvision.models.resnet50, "resnet101": torchvision.models.resnet101}[config.name]
-    net = build(weights=None, norm_layer=FrozenBatchNorm2d)
+    net = build(weights=None, norm_layer=norm_layer(config.norm))
     if config.weights:
         _load_state_dict(net, config.weights)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -147,20 +159,43 @@ def _resnet(config: BackboneConfig, own_head: bool):
     return stages, strides, channels, head
 
 
+# torchvision's mobilenet FPN taps the first stride-32 block and the last block of ``features``.
+MOBILENET_TAPS = (13, 16)
+
+
+def _mobilenet_v3_large(config: BackboneConfig):
+    """``features`` of torchvision's MobileNetV3-Large, one stage per block (17)."""
+    net = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=norm_layer(config.norm))
+    if config.weights:
+        _load_state_dict(net, config.weights)
+    stages = list(net.features)
+    strides, stride = [], 1
+    for block in stages:
+        stride *= max(m.stride[0] for m in block.modules() if isinstance(m, nn.Conv2d))
+        strides.append(stride)
+    return stages, tuple(strides), tuple(block.out_channels for block in stages)
+
+
 def build_backbone(config: BackboneConfig, own_head: bool = False) -> tuple[Backbone, BoxHead | None]:
     """The backbone of ``config`` and, when ``own_head`` and it has one, its own RoI box head.
 
     torchvision models are built with ``weights=None``; ``config.weights`` names a local state
-    dict. ResNets use frozen BatchNorm; the first ``config.frozen_stages`` stages are frozen.
+    dict. ResNets and MobileNetV3 use ``config.norm``'s BatchNorm; the first
+    ``config.frozen_stages`` stages are frozen.
     """
+    taps = None
+    head = None
     if config.name == "small":
         stages, strides, channels = _small_stages()
-        head = None
     elif config.name == "vgg16":
         stages, strides, channels, head = _vgg16(config, own_head)
+    elif config.name == "mobilenet_v3_large":
+        stages, strides, channels = _mobilenet_v3_large(config)
+        taps = MOBILENET_TAPS
     else:
         stages, strides, channels, head = _resnet(config, own_head)
-    backbone = Backbone(stages, strides, channels, config.fpn_channels if config.fpn else None)
+    backbone = Backbone(stages, strides, channels, config.fpn_channels if config.fpn else None, taps,
+                        config.fpn_norm)
     if config.name == "small" and config.weights:
         _load_state_dict(backbone.stages, config.weights)
     backbone.freeze(config.frozen_stages)

@@ -17,7 +17,10 @@ import yaml
 from .anchor_targets import AnchorTargetConfig
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
 
-BACKBONES = ("small", "vgg16", "resnet50", "resnet101")
+BACKBONES = ("small", "vgg16", "resnet50", "resnet101", "mobilenet_v3_large")
+# The torchvision detectors FasterRCNN.from_torchvision imports, each with a recipe here.
+TORCHVISION_ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+                     "fasterrcnn_mobilenet_v3_large_320_fpn")
 
 
 def _fail(owner: object, name: str, value: object, rule: str) -> None:
@@ -46,6 +49,11 @@ def _check_choice(owner: object, name: str, choices: Sequence[str]) -> None:
         _fail(owner, name, value, f"one of {', '.join(map(repr, choices))}")
 
 
+def _check_bool(owner: object, name: str) -> None:
+    if not isinstance(getattr(owner, name), bool):
+        _fail(owner, name, getattr(owner, name), "a bool")
+
+
 def _check_positive_tuple(owner: object, name: str, length: int | None = None) -> None:
     """Coerce a sequence field to a tuple of floats, each > 0 (and of ``length`` if given)."""
     value = getattr(owner, name)
@@ -60,18 +68,33 @@ def _check_positive_tuple(owner: object, name: str, length: int | None = None) -
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """What the model does to an image before the backbone: resize so that the shorter side is
-    ``min_size`` unless the longer would then exceed ``max_size``, then normalise RGB values in
-    [0, 1] by ``mean`` and ``std``. Part of the model, so every checkpoint carries it."""
+    """What the model does to an image before the backbone: resize by the factor
+    s = min(min_size / shorter side, max_size / longer side) to sides ``resize_rounding``(side * s)
+    ("round", or "floor" as torchvision's interpolate with a scale factor), with ``interpolation``
+    (bilinear / bicubic, ``antialias`` or not), normalise RGB values in [0, 1] by ``mean`` and
+    ``std``, and zero-pad a batch to a multiple of ``size_divisible``. Detections go back to the
+    original pixels by ``box_rescale``: "scale" divides by s, "per_axis" multiplies x by
+    original width / resized width and y likewise (torchvision). Part of the model, so every
+    checkpoint carries it."""
 
     min_size: int = 320
     max_size: int = 400
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resize_rounding: str = "round"
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    size_divisible: int = 32
+    box_rescale: str = "scale"
 
     def __post_init__(self) -> None:
         _check_int(self, "min_size", 1)
         _check_int(self, "max_size", 1)
+        _check_choice(self, "resize_rounding", ("round", "floor"))
+        _check_choice(self, "interpolation", ("bilinear", "bicubic"))
+        _check_bool(self, "antialias")
+        _check_int(self, "size_divisible", 1)
+        _check_choice(self, "box_rescale", ("scale", "per_axis"))
         _check_positive_tuple(self, "std", 3)
         mean = self.mean
         if not (isinstance(mean, Sequence) and len(mean) == 3
@@ -88,61 +111,98 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class BackboneConfig:
     """Feature extractor. ``frozen_stages`` leading stages keep their weights (VGG16: conv1..conv5
-    blocks; ResNet: stem, res2, res3, ...; small: stem, three stages). ``weights`` is a local state
-    dict: the torchvision classification model's for VGG16/ResNet, ``Backbone.stages``' for small."""
+    blocks; ResNet: stem, res2, res3, ...; small: stem, three stages; MobileNetV3: the 17 blocks of
+    ``features``). ``weights`` is a local state dict: the torchvision ImageNet classification
+    model's for VGG16 / ResNet / MobileNetV3, ``Backbone.stages``' for small. ``norm``: the
+    BatchNorm of ResNet and MobileNetV3, "frozen" (fixed statistics and affine, torchvision's
+    ``FrozenBatchNorm2d``) or "batch" (``nn.BatchNorm2d``); ``fpn_norm``: "none" (biased FPN
+    convolutions) or "batch" (unbiased convolutions then BatchNorm, torchvision's v2 FPN)."""
 
     name: str = "small"
     fpn: bool = False
     fpn_channels: int = 256
     frozen_stages: int = 0
     weights: str | None = None
+    norm: str = "frozen"
+    fpn_norm: str = "none"
 
     def __post_init__(self) -> None:
         _check_choice(self, "name", BACKBONES)
-        if not isinstance(self.fpn, bool):
-            _fail(self, "fpn", self.fpn, "a bool")
+        _check_bool(self, "fpn")
         _check_int(self, "fpn_channels", 1)
         _check_int(self, "frozen_stages", 0)
         if self.weights is not None and not isinstance(self.weights, str):
             _fail(self, "weights", self.weights, "a path string or None")
+        _check_choice(self, "norm", ("frozen", "batch"))
+        _check_choice(self, "fpn_norm", ("none", "batch"))
+        if self.name == "mobilenet_v3_large" and not self.fpn:
+            _fail(self, "fpn", False, "True for mobilenet_v3_large (its recipe is torchvision's FPN detector)")
 
 
 @dataclass(frozen=True)
 class AnchorConfig:
-    """Anchors of a feature level with stride s: ``generate_anchors(s, ratios, scales)``, so an
-    anchor's side is about scale * s (ratio = height / width)."""
+    """Anchors of a feature level with stride s: the cell anchors of ``cell_rule``
+    (``frcnn.anchors.cell_anchors``: "legacy" is ``generate_anchors(s, ratios, scales)``;
+    "torchvision", "detectron2", "mmdetection" those libraries' rules) for sides ``sizes`` in
+    pixels (one tuple for every level, or one per level) or, when ``sizes`` is empty, scale * s;
+    ratio = height / width. Cells are ``stride_rule`` apart: "level" (the level's stride) or
+    "image" (padded image size // feature map size per axis, torchvision's AnchorGenerator)."""
 
     scales: tuple[float, ...] = (8.0, 16.0, 32.0)
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    sizes: tuple[tuple[float, ...], ...] = ()
+    cell_rule: str = "legacy"
+    stride_rule: str = "level"
 
     def __post_init__(self) -> None:
         _check_positive_tuple(self, "scales")
         _check_positive_tuple(self, "ratios")
+        sizes = self.sizes
+        if not (isinstance(sizes, Sequence) and not isinstance(sizes, str) and all(
+                isinstance(level, Sequence) and not isinstance(level, str) and len(level) > 0
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in level)
+                for level in sizes)):
+            _fail(self, "sizes", sizes, "a list of per-level lists of positive numbers")
+        object.__setattr__(self, "sizes", tuple(tuple(float(v) for v in level) for level in sizes))
+        if len({len(level) for level in self.sizes}) > 1:
+            _fail(self, "sizes", self.sizes, "levels of equal length (one anchor count per cell)")
+        _check_choice(self, "cell_rule", ("legacy", "torchvision", "detectron2", "mmdetection"))
+        _check_choice(self, "stride_rule", ("level", "image"))
 
     @property
     def num_anchors(self) -> int:
         """A, the anchors per feature cell."""
-        return len(self.scales) * len(self.ratios)
+        return (len(self.sizes[0]) if self.sizes else len(self.scales)) * len(self.ratios)
+
+    def level_sizes(self, stride: int, level: int) -> tuple[float, ...]:
+        """The anchor sides in pixels of pyramid level ``level`` with stride ``stride``."""
+        if not self.sizes:
+            return tuple(scale * stride for scale in self.scales)
+        return self.sizes[level if len(self.sizes) > 1 else 0]
 
 
 def _model_anchor_targets(**overrides: Any) -> AnchorTargetConfig:
-    """torchvision's RPN target semantics (continuous boxes) with the seed's border filter."""
+    """torchvision's RPN target semantics (continuous boxes) with the Caffe layer's border filter
+    (docs/anchor_targets.md, Inside rule)."""
     return AnchorTargetConfig.preset("torchvision", **{"allowed_border": 0, **overrides})
 
 
 @dataclass(frozen=True)
 class RPNConfig:
-    """RPN head and losses. ``objectness``: "softmax" (2A outputs, the seed's two-way softmax) or
-    "sigmoid" (A outputs). ``conv_channels`` None: as wide as the features."""
+    """RPN head and losses. ``objectness``: "softmax" (2A outputs, py-faster-rcnn's two-way softmax) or
+    "sigmoid" (A outputs). ``conv_depth`` 3x3 conv + ReLU layers (torchvision v2: 2), each
+    ``conv_channels`` wide (None: as wide as the features)."""
 
     objectness: str = "softmax"
     conv_channels: int | None = None
+    conv_depth: int = 1
     targets: AnchorTargetConfig = field(default_factory=_model_anchor_targets)
     box_loss_sigma: float = 3.0
 
     def __post_init__(self) -> None:
         _check_choice(self, "objectness", ("softmax", "sigmoid"))
         _check_int(self, "conv_channels", 1, optional=True)
+        _check_int(self, "conv_depth", 1)
         if not isinstance(self.targets, AnchorTargetConfig):
             _fail(self, "targets", self.targets, "an AnchorTargetConfig")
         if self.targets.legacy_plus_one:
@@ -164,16 +224,26 @@ class ProposalLimits:
 
 @dataclass(frozen=True)
 class ProposalConfig:
-    """Proposal layer: boxes with a side below ``min_size * im_scale`` are dropped before NMS."""
+    """Proposal layer: boxes with a side below ``min_size`` (times the image's resize factor when
+    ``scale_min_size``, py-faster-rcnn; in network-input pixels otherwise, torchvision) are
+    dropped, before the per-level top-n when ``min_size_before_top_n`` (py-faster-rcnn), after it
+    otherwise (torchvision); so are proposals whose object probability is below
+    ``score_threshold``; then NMS."""
 
     train: ProposalLimits = ProposalLimits(12000, 2000)
     test: ProposalLimits = ProposalLimits(6000, 300)
     nms_threshold: float = 0.7
     min_size: float = 16.0
+    scale_min_size: bool = True
+    min_size_before_top_n: bool = True
+    score_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         _check_number(self, "nms_threshold", 0.0, 1.0)
         _check_number(self, "min_size", 0.0, float("inf"))
+        _check_bool(self, "scale_min_size")
+        _check_bool(self, "min_size_before_top_n")
+        _check_number(self, "score_threshold", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -202,11 +272,14 @@ class RoISamplingConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """RoI head. ``pooler``: "align" (RoIAlign, aligned=True) or "pool" (RoIPool).
-    ``align_impl``: "dense" (this package's separable RoIAlign: the same numbers as torchvision's,
-    computed with matrix products; one feature level only, ``sampling_ratio`` >= 1) or
-    "torchvision" (``torchvision.ops.roi_align``). ``fc_dim``: width of a fresh two-FC head, or
-    None for the backbone's own head (VGG16's fc6/fc7, ResNet's C5 stage)."""
+    """RoI head. ``pooler``: "align" (RoIAlign) or "pool" (RoIPool); ``aligned``: RoIAlign's
+    half-pixel shift (True) or torchvision's detectors' unshifted boxes of at least one cell
+    (False). ``align_impl``: "dense" (this package's separable RoIAlign: the same numbers as
+    torchvision's, computed with matrix products; one feature level only, ``sampling_ratio`` >= 1)
+    or "torchvision" (``torchvision.ops.roi_align``). The fresh box head: ``conv_layers`` 3x3
+    convolutions ``conv_dim`` wide with ReLU (``conv_norm`` "batch": unbiased, then BatchNorm,
+    torchvision v2's head), then ``fc_layers`` fully connected layers ``fc_dim`` wide with ReLU;
+    ``fc_dim`` None: the backbone's own head (VGG16's fc6/fc7, ResNet's C5 stage)."""
 
     pooler: str = "align"
     align_impl: str = "dense"
@@ -214,6 +287,11 @@ class HeadConfig:
     sampling_ratio: int = 2
     fc_dim: int | None = None
     box_loss_sigma: float = 1.0
+    aligned: bool = True
+    conv_layers: int = 0
+    conv_dim: int = 256
+    conv_norm: str = "none"
+    fc_layers: int = 2
 
     def __post_init__(self) -> None:
         _check_choice(self, "pooler", ("align", "pool"))
@@ -224,20 +302,28 @@ class HeadConfig:
             _fail(self, "sampling_ratio", self.sampling_ratio, ">= 1 with align_impl='dense'")
         _check_int(self, "fc_dim", 1, optional=True)
         _check_number(self, "box_loss_sigma", 0.0, float("inf"), open_low=True)
+        _check_bool(self, "aligned")
+        _check_int(self, "conv_layers", 0)
+        _check_int(self, "conv_dim", 1)
+        _check_choice(self, "conv_norm", ("none", "batch"))
+        _check_int(self, "fc_layers", 1)
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Detection post-processing: per-class score threshold and NMS, detections kept per image."""
+    """Detection post-processing: per-class score threshold, boxes with a side below ``min_size``
+    network-input pixels dropped (torchvision: 0.01), per-class NMS, detections kept per image."""
 
     score_threshold: float = 0.05
     nms_threshold: float = 0.3
     detections_per_image: int = 100
+    min_size: float = 0.0
 
     def __post_init__(self) -> None:
         _check_number(self, "score_threshold", 0.0, 1.0)
         _check_number(self, "nms_threshold", 0.0, 1.0)
         _check_int(self, "detections_per_image", 1)
+        _check_number(self, "min_size", 0.0, float("inf"))
 
 
 _SMALL_ANCHORS = AnchorConfig(scales=(2.0, 4.0, 8.0, 16.0))
@@ -304,9 +390,17 @@ def default_config(backbone: str = "small", fpn: bool = False) -> ModelConfig:
     NMS (small: as without FPN; others: 2000/1000 before and 1000 after NMS, as detectron2); no
     border filter, no min-size filter; a two-FC head 1024 wide (256 for small); torchvision's
     multi-level RoIAlign.
+    mobilenet_v3_large (FPN only): torchvision's CPU-friendly detector,
+    ``torchvision_config("fasterrcnn_mobilenet_v3_large_320_fpn")``, with frozen BatchNorm and
+    its first 7 blocks frozen (for ImageNet weights; from scratch set ``backbone.norm`` "batch" and
+    ``backbone.frozen_stages`` 0).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+    if backbone == "mobilenet_v3_large":
+        if not fpn:
+            raise ValueError("backbone 'mobilenet_v3_large' has an FPN recipe only: pass fpn=True (--fpn)")
+        return torchvision_config("fasterrcnn_mobilenet_v3_large_320_fpn")
     small = backbone == "small"
     if small:
         config = ModelConfig()
@@ -323,6 +417,48 @@ def default_config(backbone: str = "small", fpn: bool = False) -> ModelConfig:
         rpn=replace(config.rpn, targets=_model_anchor_targets(allowed_border=None)),
         proposals=replace(_SMALL_PROPOSALS if small else _FPN_PROPOSALS, min_size=0.0),
         head=HeadConfig(fc_dim=256 if small else 1024, align_impl="torchvision"),
+    )
+
+
+def torchvision_config(arch: str) -> ModelConfig:
+    """The recipe of a torchvision detector (``TORCHVISION_ARCHS``): every rule its eval mode
+    applies, so that the imported model gives its detections, and its training settings.
+
+    All: resize to 800 / 1333 (320 / 640 for the 320 model) by torchvision's floor rule, bilinear
+    without antialiasing, padding to 32, per-axis box rescaling; torchvision's cell anchors
+    (ratios 0.5, 1, 2) with strides from the padded image; sigmoid objectness; per-level top-n,
+    then clipping, a 0.001 px min size and NMS 0.7 per level; 2000 / 1000 proposals (train / test)
+    before and after NMS; RoIAlign 7 x 7, sampling ratio 2, unaligned; 512 RoIs per image, 25 %
+    foreground; box coder (10, 10, 5, 5); score > 0.05, 0.01 px min size, NMS 0.5 per class, 100
+    detections. resnet50_fpn: FrozenBatchNorm, FPN P2-P6, anchors 32-512 px one size per level,
+    a two-FC head 1024 wide. v2: BatchNorm in the backbone, FPN and a 4-conv + 1-FC head, two RPN
+    convolutions. mobilenet_v3_large(_320)_fpn: FPN on the last two stride-32 taps plus P6, sizes
+    32-512 on every level, proposals with an object probability >= 0.05 (320: 150 at test).
+    """
+    if arch not in TORCHVISION_ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(TORCHVISION_ARCHS)}, got {arch!r}")
+    mobilenet = "mobilenet" in arch
+    v2 = arch.endswith("_v2")
+    small_input = arch.endswith("_320_fpn")
+    norm = "batch" if v2 else "frozen"
+    sizes = ((32.0, 64.0, 128.0, 256.0, 512.0),) if mobilenet else ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
+    return ModelConfig(
+        preprocess=PreprocessConfig(min_size=320 if small_input else 800, max_size=640 if small_input else 1333,
+                                    resize_rounding="floor", antialias=False, size_divisible=32,
+                                    box_rescale="per_axis"),
+        backbone=BackboneConfig("mobilenet_v3_large" if mobilenet else "resnet50", fpn=True,
+                                frozen_stages=7 if mobilenet else 2, norm=norm, fpn_norm="batch" if v2 else "none"),
+        anchors=AnchorConfig(sizes=sizes, cell_rule="torchvision", stride_rule="image"),
+        rpn=RPNConfig(objectness="sigmoid", conv_depth=2 if v2 else 1,
+                      targets=_model_anchor_targets(allowed_border=None)),
+        proposals=ProposalConfig(ProposalLimits(2000, 2000),
+                                 ProposalLimits(150, 150) if small_input else ProposalLimits(1000, 1000),
+                                 nms_threshold=0.7, min_size=1e-3, scale_min_size=False, min_size_before_top_n=False,
+                                 score_threshold=0.05 if mobilenet else 0.0),
+        roi_sampling=RoISamplingConfig(batch_size_per_image=512),
+        head=HeadConfig(align_impl="torchvision", fc_dim=1024, aligned=False, conv_layers=4 if v2 else 0,
+                        conv_norm="batch" if v2 else "none", fc_layers=1 if v2 else 2),
+        test=InferenceConfig(score_threshold=0.05, nms_threshold=0.5, detections_per_image=100, min_size=1e-2),
     )
 
 

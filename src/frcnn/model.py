@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .anchor_targets import assign_anchor_targets
-from .anchors import AnchorGrid, concat_anchors, generate_anchors, grid_anchors
+from .anchors import AnchorGrid, cell_anchors, cell_strides, concat_anchors, grid_anchors
 from .backbones import build_backbone
 from .config import BackboneConfig, ModelConfig, default_config
-from .roi import RoIHead, RoIPooler, detect, fast_rcnn_losses, sample_rois, two_fc_head
+from .preprocess import PreprocessedBatch, as_image_tensor, box_scale, preprocess_images
+from .roi import RoIHead, RoIPooler, box_head, fast_rcnn_losses, sample_rois
+from .roi import detect as detect_objects
 from .rpn import Proposals, RPNHead, generate_proposals, objectness_logit, rpn_losses
 
 
@@ -32,54 +36,58 @@ def resolve_config(backbone: str | BackboneConfig | None, config: ModelConfig | 
 
 
 class FasterRCNN(nn.Module):
-    """Faster R-CNN for ``num_classes`` object classes (labels 1..num_classes; 0 is background).
+    """Faster R-CNN for ``num_classes`` object classes (labels 1..num_classes; 0 is background),
+    named ``class_names`` (default class_1 ..).
 
     Training mode: ``model(images, im_info, gt_boxes, num_boxes)`` (optionally ``ignore_boxes``,
     ``num_ignore``) returns the scalar losses rpn_cls, rpn_box, rcnn_cls, rcnn_box.
-    Eval mode: ``model(images, im_info)`` returns one dict per image with ``boxes`` (n, 4) in
-    original image coordinates, ``scores`` (n,) and ``labels`` (n,).
-    ``propose(images, im_info)`` returns the RPN's proposals per image.
+    Eval mode: ``model(images, im_info, orig_sizes=None)`` returns one dict per image with
+    ``boxes`` (n, 4) in original image coordinates, ``scores`` (n,) and ``labels`` (n,).
+    ``propose(images, im_info)`` returns the RPN's proposals per image; ``predict(images)`` runs
+    the model, with its own preprocessing, on plain images.
 
     images (B, 3, H, W) normalised and zero-padded; im_info (B, 3) rows (height, width, scale) of
     each image's valid region; gt_boxes (B, K, 5) rows (x1, y1, x2, y2, label) in resized
-    coordinates, rows past num_boxes[b] ignored; num_boxes (B,) int64.
+    coordinates, rows past num_boxes[b] ignored; num_boxes (B,) int64; orig_sizes (B, 2) rows
+    (height, width) before resizing, needed when ``config.preprocess.box_rescale`` is "per_axis".
     """
 
     def __init__(self, num_classes: int, backbone: str | BackboneConfig | None = None,
-                 config: ModelConfig | None = None, *, backbone_weights: str | None = None) -> None:
+                 config: ModelConfig | None = None, *, backbone_weights: str | None = None,
+                 class_names: Sequence[str] | None = None) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names must name the {num_classes} classes, got {len(class_names)} names")
         config = resolve_config(backbone, config, backbone_weights)
         self.num_classes = num_classes
+        self.class_names = tuple(class_names or (f"class_{i}" for i in range(1, num_classes + 1)))
         self.config = config
         self.backbone, own_head = build_backbone(config.backbone, own_head=config.head.fc_dim is None)
         channels = self.backbone.out_channels
         anchors = config.anchors
         self.rpn_head = RPNHead(channels, config.rpn.conv_channels or channels, anchors.num_anchors,
-                                config.rpn.objectness)
+                                config.rpn.objectness, config.rpn.conv_depth)
         # Read on the host by grid_anchors, so kept out of the module's buffers.
-        self.base_anchors = [generate_anchors(stride, anchors.ratios, anchors.scales)
-                             for stride in self.backbone.strides]
+        self.base_anchors = [cell_anchors(anchors.cell_rule, stride, anchors.level_sizes(stride, level), anchors.ratios)
+                             for level, stride in enumerate(self.backbone.strides)]
         roi_strides = self.backbone.strides[:self.backbone.num_roi_levels]
-        trunk = own_head or two_fc_head(channels, config.head.output_size, config.head.fc_dim)
+        trunk = own_head or box_head(channels, config.head)
         self.roi_head = RoIHead(RoIPooler(config.head, roi_strides), trunk, num_classes)
 
     def forward(self, images: Tensor, im_info: Tensor, gt_boxes: Tensor | None = None,
                 num_boxes: Tensor | None = None, *, ignore_boxes: Tensor | None = None,
-                num_ignore: Tensor | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+                num_ignore: Tensor | None = None,
+                orig_sizes: Tensor | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Training: the dict of losses. Eval: per-image detections (gt, if given, is unused)."""
-        _check_batch(images, im_info, gt_boxes, num_boxes, require_gt=self.training)
+        if not self.training:
+            return self.detect(images, im_info, orig_sizes)
+        _check_batch(images, im_info, gt_boxes, num_boxes, require_gt=True)
         features = self.backbone(images)
         logits, deltas = self.rpn_head(features)
-        grids = self.anchor_grids(features)
+        grids = self.anchor_grids(features, images.shape[-2:])
         proposals = self._propose(logits, deltas, grids, im_info)
-        if not self.training:
-            proposals = proposals.trimmed()
-            class_logits, box_deltas = self.roi_head(features, proposals.boxes)
-            return detect(class_logits, box_deltas, proposals, im_info, self.config.roi_sampling.bbox_weights,
-                          self.config.test)
-
         config = self.config
         targets = assign_anchor_targets(grids, gt_boxes, num_boxes, im_info, config.rpn.targets,
                                         ignore_boxes=ignore_boxes, num_ignore=num_ignore, validate=False)
@@ -90,25 +98,93 @@ class FasterRCNN(nn.Module):
         return {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "rcnn_cls": rcnn_cls, "rcnn_box": rcnn_box}
 
     @torch.no_grad()
-    def propose(self, images: Tensor, im_info: Tensor) -> list[dict[str, Tensor]]:
+    def detect(self, images: Tensor, im_info: Tensor, orig_sizes: Tensor | None = None,
+               score_threshold: float | None = None) -> list[dict[str, Tensor]]:
+        """Detections per image (the eval forward): ``boxes`` (n, 4) in original image
+        coordinates, ``scores`` (n,), ``labels`` (n,) in 1..C, best first, with the test proposal
+        counts and post-processing (``score_threshold`` replaces the configured one if given)."""
+        _check_batch(images, im_info, None, None, require_gt=False)
+        test = self.config.test if score_threshold is None else replace(self.config.test,
+                                                                          score_threshold=score_threshold)
+        scale = box_scale(im_info, orig_sizes, self.config.preprocess)
+        features = self.backbone(images)
+        logits, deltas = self.rpn_head(features)
+        proposals = self._propose(logits, deltas, self.anchor_grids(features, images.shape[-2:]), im_info,
+                                  training=False).trimmed()
+        class_logits, box_deltas = self.roi_head(features, proposals.boxes)
+        return detect_objects(class_logits, box_deltas, proposals, im_info, self.config.roi_sampling.bbox_weights,
+                              test, scale)
+
+    @torch.no_grad()
+    def propose(self, images: Tensor, im_info: Tensor, orig_sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
         """The RPN's proposals per image, best first: ``boxes`` (n, 4) in original image
         coordinates and ``scores`` (n,), with the current mode's (train / test) proposal counts."""
         _check_batch(images, im_info, None, None, require_gt=False)
+        scale = box_scale(im_info, orig_sizes, self.config.preprocess)
         features = self.backbone(images)
         logits, deltas = self.rpn_head(features)
-        proposals = self._propose(logits, deltas, self.anchor_grids(features), im_info)
+        proposals = self._propose(logits, deltas, self.anchor_grids(features, images.shape[-2:]), im_info)
         sizes = proposals.counts.tolist()
-        boxes = proposals.boxes / im_info[:, None, 2:3]
+        boxes = proposals.boxes * scale[:, None, :]
         return [{"boxes": b[:n], "scores": s[:n]} for b, s, n in zip(boxes, proposals.scores, sizes)]
 
-    def anchor_grids(self, features: list[Tensor]) -> list[AnchorGrid]:
-        """The anchors of each feature map (B, C, H, W), level-major."""
-        return [grid_anchors(base, f.shape[-2], f.shape[-1], stride, f.device, f.dtype)
+    def preprocess(self, images: Sequence[Any]) -> PreprocessedBatch:
+        """Plain images (see ``frcnn.preprocess.as_image_tensor``) -> the batch ``detect`` takes,
+        on the model's device, by the model's own ``config.preprocess``."""
+        device = next(self.parameters()).device
+        tensors = [as_image_tensor(image).to(device) for image in images]
+        return preprocess_images(tensors, self.config.preprocess)
+
+    @torch.no_grad()
+    def predict(self, images: Any, score_threshold: float | None = None) -> list[dict[str, Any]]:
+        """Detections on plain images of any sizes: PIL images, file paths, (H, W, 3) uint8 numpy
+        arrays, (3, H, W) tensors (uint8, or float in [0, 1]); one image or a list.
+
+        One dict per image: ``boxes`` (n, 4) in that image's pixels, ``scores`` (n,), ``labels``
+        (n,) in 1..C and ``names`` (n class names), best first. Runs in eval mode (the module's
+        mode is restored after).
+        """
+        single = not isinstance(images, (list, tuple))
+        batch = self.preprocess([images] if single else images)
+        was_training = self.training
+        self.eval()
+        try:
+            found = self.detect(batch.images, batch.im_info, batch.orig_sizes, score_threshold)
+        finally:
+            self.train(was_training)
+        for result in found:
+            result["names"] = [self.class_names[label - 1] for label in result["labels"].tolist()]
+        return found[0] if single else found
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str | None = None) -> "FasterRCNN":
+        """The model of an frcnn checkpoint, or of ``torchvision:ARCH:PATH`` (a torchvision
+        detector's state dict), in eval mode on ``device`` (default CPU), with its class names."""
+        from .pretrained import load_model
+        return load_model(str(path), device)
+
+    @classmethod
+    def from_torchvision(cls, source: Any, arch: str | None = None) -> "FasterRCNN":
+        """A torchvision Faster R-CNN (the model, its state dict or the path of one; ``arch`` one
+        of ``config.TORCHVISION_ARCHS``, needed unless ``source`` is the model) as an frcnn model
+        with the architecture's ``torchvision_config`` recipe, in eval mode."""
+        from .pretrained import from_torchvision
+        return from_torchvision(source, arch)
+
+    def anchor_grids(self, features: list[Tensor], image_size: Sequence[int] | None = None) -> list[AnchorGrid]:
+        """The anchors of each feature map (B, C, H, W), level-major, for a padded batch of
+        ``image_size`` (H, W) (needed by the "image" stride rule)."""
+        rule = self.config.anchors.stride_rule
+        if rule == "image" and image_size is None:
+            raise ValueError("anchor_grids needs image_size: the model's anchors.stride_rule is 'image'")
+        return [grid_anchors(base, f.shape[-2], f.shape[-1], cell_strides(rule, stride, image_size, f.shape[-2:]),
+                             f.device, f.dtype)
                 for base, f, stride in zip(self.base_anchors, features, self.backbone.strides)]
 
-    def _propose(self, logits: Tensor, deltas: Tensor, grids: list[AnchorGrid], im_info: Tensor) -> Proposals:
+    def _propose(self, logits: Tensor, deltas: Tensor, grids: list[AnchorGrid], im_info: Tensor,
+                 training: bool | None = None) -> Proposals:
         config = self.config.proposals
-        limits = config.train if self.training else config.test
+        limits = config.train if (self.training if training is None else training) else config.test
         return generate_proposals(objectness_logit(logits.detach()), deltas.detach(), concat_anchors(grids),
                                   [g.num_anchors for g in grids], im_info.to(deltas.dtype), config, limits)
 

@@ -11,7 +11,7 @@ import torchvision
 from torch import Tensor, nn
 
 from .backbones import BoxHead
-from .boxes import box_area, box_iou, clip_boxes, decode_boxes, encode_boxes
+from .boxes import box_area, box_iou, box_size, clip_boxes, decode_boxes, encode_boxes
 from .config import HeadConfig, InferenceConfig, RoISamplingConfig
 from .rpn import Proposals, gather_rows, smooth_l1
 from .sampling import random_keys, sample_balanced
@@ -151,17 +151,21 @@ class _SeparableRoIAlign(torch.autograd.Function):
 
 
 def dense_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float,
-                    sampling_ratio: int) -> Tensor:
-    """``torchvision.ops.roi_align(..., aligned=True)`` with R boxes per image, as matrix products.
+                    sampling_ratio: int, aligned: bool = True) -> Tensor:
+    """``torchvision.ops.roi_align(..., aligned=aligned)`` with R boxes per image, as matrix products.
 
     features (B, C, H, W), boxes (B, R, 4) in image coordinates -> (B * R, C, S, S), RoIs
     image-major. RoIAlign's bilinear sampling factors into a (S, H) and a (W, S) weight matrix per
     RoI, so the pooling and its gradient are batched products; it has no gradient for the boxes.
+    Aligned boxes are shifted by -0.5 cells; unaligned ones are not, and span at least one cell.
     """
     height, width = features.shape[-2:]
-    scaled = boxes.detach().to(features.dtype) * spatial_scale - 0.5
-    weights_y = _axis_weights(scaled[..., 1], scaled[..., 3] - scaled[..., 1], output_size, sampling_ratio, height)
-    weights_x = _axis_weights(scaled[..., 0], scaled[..., 2] - scaled[..., 0], output_size, sampling_ratio, width)
+    scaled = boxes.detach().to(features.dtype) * spatial_scale - (0.5 if aligned else 0.0)
+    lengths = scaled[..., 2:] - scaled[..., :2]
+    if not aligned:
+        lengths = lengths.clamp(min=1.0)
+    weights_y = _axis_weights(scaled[..., 1], lengths[..., 1], output_size, sampling_ratio, height)
+    weights_x = _axis_weights(scaled[..., 0], lengths[..., 0], output_size, sampling_ratio, width)
     pooled = _SeparableRoIAlign.apply(features, weights_y, weights_x)
     return pooled.flatten(0, 1)
 
@@ -184,8 +188,10 @@ def fpn_levels(boxes: Tensor, num_levels: int, finest_level: int) -> Tensor:
 class RoIPooler(nn.Module):
     """Pools features for R boxes per image: (B, R, 4) -> (B * R, C, S, S), RoIs image-major.
 
-    One level: RoIAlign (aligned=True; dense or torchvision's) or RoIPool at the level's stride.
-    Several (FPN): each box is pooled from its ``fpn_levels`` level.
+    One level: RoIAlign (dense or torchvision's) or RoIPool at the level's stride.
+    Several (FPN): each box is pooled from its ``fpn_levels`` level; the levels span log2 of the
+    first to the last stride (torchvision's LevelMapper), so maps of equal strides after the first
+    are never pooled.
     """
 
     def __init__(self, config: HeadConfig, strides: Sequence[int]) -> None:
@@ -193,12 +199,13 @@ class RoIPooler(nn.Module):
         self.config = config
         self.scales = tuple(1.0 / s for s in strides)
         self.finest_level = round(math.log2(strides[0]))
+        self.num_levels = round(math.log2(strides[-1])) - self.finest_level + 1
 
     def forward(self, features: Sequence[Tensor], boxes: Tensor) -> Tensor:
         if len(self.scales) == 1:
             return self._pool_level(features[0], boxes, self.scales[0])
         rois = _with_batch_index(boxes)
-        levels = fpn_levels(rois[:, 1:], len(self.scales), self.finest_level)
+        levels = fpn_levels(rois[:, 1:], self.num_levels, self.finest_level)
         size = self.config.output_size
         pooled = features[0].new_zeros(rois.shape[0], features[0].shape[1], size, size)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
@@ -209,7 +216,7 @@ class RoIPooler(nn.Module):
     def _pool_level(self, feature: Tensor, boxes: Tensor, scale: float) -> Tensor:
         config = self.config
         if config.pooler == "align" and config.align_impl == "dense":
-            return dense_roi_align(feature, boxes, config.output_size, scale, config.sampling_ratio)
+            return dense_roi_align(feature, boxes, config.output_size, scale, config.sampling_ratio, config.aligned)
         return self._pool_rois(feature, _with_batch_index(boxes), scale)
 
     def _pool_rois(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
@@ -217,17 +224,30 @@ class RoIPooler(nn.Module):
         if config.pooler == "pool":
             return torchvision.ops.roi_pool(feature, rois, config.output_size, scale)
         return torchvision.ops.roi_align(feature, rois, config.output_size, scale, config.sampling_ratio,
-                                         aligned=True)
+                                         aligned=config.aligned)
 
 
-def two_fc_head(in_channels: int, pooled_size: int, dim: int) -> BoxHead:
-    """Flatten, then two ``dim``-wide fully connected layers with ReLU."""
-    fc6 = nn.Linear(in_channels * pooled_size * pooled_size, dim)
-    fc7 = nn.Linear(dim, dim)
-    for layer in (fc6, fc7):
-        nn.init.kaiming_uniform_(layer.weight, a=1)
-        nn.init.zeros_(layer.bias)
-    return BoxHead(dim, nn.Flatten(), fc6, nn.ReLU(inplace=True), fc7, nn.ReLU(inplace=True))
+def box_head(in_channels: int, config: HeadConfig) -> BoxHead:
+    """A fresh box head trunk: ``conv_layers`` 3x3 conv (+ BatchNorm) + ReLU blocks, flatten,
+    ``fc_layers`` fully connected layers ``fc_dim`` wide with ReLU (torchvision's TwoMLPHead and
+    FastRCNNConvFCHead layouts)."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for _ in range(config.conv_layers):
+        conv = nn.Conv2d(channels, config.conv_dim, 3, padding=1, bias=config.conv_norm == "none")
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        norm = [nn.BatchNorm2d(config.conv_dim)] if config.conv_norm == "batch" else []
+        layers.append(nn.Sequential(conv, *norm, nn.ReLU(inplace=True)))
+        channels = config.conv_dim
+    layers.append(nn.Flatten())
+    width = channels * config.output_size * config.output_size
+    for _ in range(config.fc_layers):
+        fc = nn.Linear(width, config.fc_dim)
+        nn.init.kaiming_uniform_(fc.weight, a=1)
+        nn.init.zeros_(fc.bias)
+        layers += [fc, nn.ReLU(inplace=True)]
+        width = config.fc_dim
+    return BoxHead(width, *layers)
 
 
 class RoIHead(nn.Module):
@@ -271,19 +291,24 @@ def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, sample: RoISample
 
 @torch.no_grad()
 def detect(class_logits: Tensor, box_deltas: Tensor, proposals: Proposals, im_info: Tensor,
-           bbox_weights: Sequence[float], config: InferenceConfig) -> list[dict[str, Tensor]]:
+           bbox_weights: Sequence[float], config: InferenceConfig,
+           box_scale: Tensor | None = None) -> list[dict[str, Tensor]]:
     """Detections per image from the head's outputs for the proposals.
 
     Every proposal is decoded for every class and clipped; (proposal, class) pairs scoring above
-    ``score_threshold`` go through one NMS per image and class, all at once; each image keeps its
-    ``detections_per_image`` best. Boxes are divided by the image's scale (original coordinates).
-    Returns, per image, ``boxes`` (n, 4), ``scores`` (n,), ``labels`` (n,) in 1..C, best first.
+    ``score_threshold`` whose box sides are at least ``min_size`` go through one NMS per image and
+    class, all at once; each image keeps its ``detections_per_image`` best. Boxes go to original
+    coordinates: times ``box_scale`` (B, 4) per coordinate, or, when None, divided by the image's
+    scale. Returns, per image, ``boxes`` (n, 4), ``scores`` (n,), ``labels`` (n,) in 1..C, best
+    first.
     """
     batch, rois, num_classes = class_logits.shape[0], class_logits.shape[1], class_logits.shape[2] - 1
     scores = torch.softmax(class_logits, dim=2)[..., 1:]
     boxes = decode_boxes(box_deltas[:, :, 1:], proposals.boxes[:, :, None, :], tuple(bbox_weights))
     boxes = clip_boxes(boxes.view(batch, rois * num_classes, 4), im_info[:, :2]).view(batch, rois, num_classes, 4)
-    candidate = (scores > config.score_threshold) & proposals.valid[..., None]
+    widths, heights = box_size(boxes)
+    big_enough = (widths >= config.min_size) & (heights >= config.min_size)
+    candidate = (scores > config.score_threshold) & proposals.valid[..., None] & big_enough
     image, roi, label = candidate.nonzero(as_tuple=True)
     boxes, scores = boxes[image, roi, label], scores[image, roi, label]
     keep = torchvision.ops.batched_nms(boxes, scores, image * num_classes + label, config.nms_threshold)
@@ -295,7 +320,7 @@ def detect(class_logits: Tensor, box_deltas: Tensor, proposals: Proposals, im_in
     rank = torch.arange(image.shape[0], device=image.device) - (counts.cumsum(0) - counts)[image]
     top = rank < config.detections_per_image
     image, label, boxes, scores = image[top], label[top], boxes[top], scores[top]
-    boxes = boxes / im_info[image, 2][:, None]
+    boxes = boxes / im_info[image, 2][:, None] if box_scale is None else boxes * box_scale[image]
     sizes = counts.clamp(max=config.detections_per_image).tolist()
     return [{"boxes": b, "scores": s, "labels": l + 1}
             for b, s, l in zip(boxes.split(sizes), scores.split(sizes), label.split(sizes))]

@@ -19,17 +19,21 @@ from .config import ProposalConfig, ProposalLimits
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU, then a 1x1 objectness classifier (2A outputs for the two-way softmax, A for
-    the sigmoid) and a 1x1 regressor (4A outputs); shared by all levels. Weights from N(0, 0.01)."""
+    """``conv_depth`` 3x3 conv + ReLU layers, then a 1x1 objectness classifier (2A outputs for the
+    two-way softmax, A for the sigmoid) and a 1x1 regressor (4A outputs); shared by all levels.
+    Weights from N(0, 0.01)."""
 
-    def __init__(self, in_channels: int, conv_channels: int, num_anchors: int, objectness: str = "softmax") -> None:
+    def __init__(self, in_channels: int, conv_channels: int, num_anchors: int, objectness: str = "softmax",
+                 conv_depth: int = 1) -> None:
         super().__init__()
         self.num_anchors = num_anchors
         self.logits_per_anchor = 2 if objectness == "softmax" else 1
-        self.conv = nn.Conv2d(in_channels, conv_channels, 3, padding=1)
+        widths = [in_channels] + [conv_channels] * conv_depth
+        self.conv = nn.Sequential(*(nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.ReLU(inplace=True))
+                                    for a, b in zip(widths, widths[1:])))
         self.cls_score = nn.Conv2d(conv_channels, self.logits_per_anchor * num_anchors, 1)
         self.bbox_pred = nn.Conv2d(conv_channels, 4 * num_anchors, 1)
-        for conv in (self.conv, self.cls_score, self.bbox_pred):
+        for conv in (*(layer[0] for layer in self.conv), self.cls_score, self.bbox_pred):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
 
@@ -38,7 +42,7 @@ class RPNHead(nn.Module):
         object) or 1, and box deltas (B, N, 4)."""
         logits, deltas = [], []
         for feature in features:
-            hidden = F.relu(self.conv(feature))
+            hidden = self.conv(feature)
             logits.append(per_anchor(self.cls_score(hidden), self.logits_per_anchor))
             deltas.append(per_anchor(self.bbox_pred(hidden), 4, anchor_major=True))
         return torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
@@ -47,7 +51,7 @@ class RPNHead(nn.Module):
 def per_anchor(scores: Tensor, values: int, anchor_major: bool = False) -> Tensor:
     """A map (B, values * A, H, W) -> (B, H * W * A, values) in anchor order.
 
-    Channel layout: value-major (channel v * A + a, the seed's (B, 2, A * H, W) softmax reshape)
+    Channel layout: value-major (channel v * A + a, py-faster-rcnn's (B, 2, A * H, W) softmax reshape)
     for objectness, anchor-major (channel a * values + v) for box deltas.
     """
     batch, channels, height, width = scores.shape
@@ -74,7 +78,7 @@ def smooth_l1(diff: Tensor, sigma: float) -> Tensor:
 
 
 def rpn_losses(logits: Tensor, deltas: Tensor, targets: AnchorTargets, sigma: float) -> tuple[Tensor, Tensor]:
-    """The seed's RPN losses.
+    """faster-rcnn.pytorch's RPN losses.
 
     Classification: cross-entropy (two-way softmax, or binary for a sigmoid) averaged over the
     sampled anchors (labels >= 0) of the whole batch. Regression: smooth L1 with ``sigma`` of
@@ -145,17 +149,22 @@ def generate_proposals(objectness: Tensor, deltas: Tensor, anchors: Tensor, leve
 
     objectness (B, N) log-odds, deltas (B, N, 4), anchors (N, 4) of levels of ``level_sizes``
     anchors, im_info (B, 3). Every anchor is decoded (dw, dh clamped) and clipped to its image;
-    boxes with a side below ``min_size * im_scale`` are dropped; each level keeps its
-    ``pre_nms_top_n`` best (equal scores in anchor order); NMS runs for all images and levels at
-    once (one group per image and level); each image keeps its ``post_nms_top_n`` best.
+    each level keeps its ``pre_nms_top_n`` best (equal scores in anchor order), among the boxes
+    with both sides at least the min size (``config.min_size``, times im_scale if
+    ``scale_min_size``) if ``min_size_before_top_n``, else among all, dropping the small ones
+    after; so are those with an object probability below ``score_threshold``; NMS runs for all
+    images and levels at once (one group per image and level); each image keeps its
+    ``post_nms_top_n`` best.
     """
     boxes = clip_boxes(decode_boxes(deltas, anchors[None]), im_info[:, :2])
     widths, heights = box_size(boxes)
-    min_side = (config.min_size * im_info[:, 2])[:, None]
+    min_side = config.min_size * im_info[:, 2:3] if config.scale_min_size else config.min_size
     big_enough = (widths >= min_side) & (heights >= min_side)
-    ranked = torch.where(big_enough, objectness, -math.inf)
+    ranked = torch.where(big_enough, objectness, -math.inf) if config.min_size_before_top_n else objectness
     top, level = _top_per_level(ranked, level_sizes, limits.pre_nms_top_n)
-    boxes, scores, valid = gather_rows(boxes, top), ranked.gather(1, top), big_enough.gather(1, top)
+    scores = objectness.gather(1, top)
+    valid = big_enough.gather(1, top) & (torch.sigmoid(scores) >= config.score_threshold)
+    boxes, scores = gather_rows(boxes, top), torch.where(valid, scores, -math.inf)
 
     batch, count = top.shape
     groups = torch.arange(batch, device=top.device)[:, None] * len(level_sizes) + level[None, :]
