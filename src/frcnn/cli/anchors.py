@@ -1,43 +1,73 @@
-"""Draw the anchor targets of one image: ``frcnn anchors``."""
+"""``frcnn anchors``: draw the anchor targets of one image, or (``--fit``) measure how the anchors
+fit a whole dataset and (``--suggest``) search better ones (docs/anchors.md)."""
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..anchor_targets import assign_anchor_targets
+from ..analysis import anchor_report, anchors_yaml, format_report, plot_anchor_fit
+from ..analysis.anchor_search import SAMPLE_IMAGES
 from ..anchors import concat_anchors
+from ..config import BACKBONES, default_config
 from ..data import SPEC_HELP, collate
 from ..engine import RunConfig
 from ..viz import draw_anchor_targets, image_to_uint8, save_png
-from .common import HelpFormatter, config_options, layered_config, new_model, say
+from .common import HelpFormatter, config_options, layered_config, new_model, say, write_json
 
 DEFAULT_OUT = "runs/anchors.png"
+DEFAULT_FIT_OUT = "runs/anchors"
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "anchors", parents=[common], formatter_class=HelpFormatter,
-        help="draw the RPN anchor targets of one image",
+        help="draw the RPN anchor targets of one image, or measure how the anchors fit a dataset",
         description="Draw what the anchor target layer makes of one training image: ground-truth boxes\n"
                     "(green), positive anchors (red), sampled negative anchors (blue) and ignore regions\n"
                     "(gold), with the counts in the title. Anchors and target rules come from the model\n"
-                    "configuration (--config, --set model.rpn.targets.positive_overlap=0.6, ...).")
+                    "configuration (--config, --set model.rpn.targets.positive_overlap=0.6, ...).\n\n"
+                    "--fit runs the anchor target layer (sampling off) over every image of the split and\n"
+                    "reports which gt boxes some positive anchor covers with IoU >= positive_overlap;\n"
+                    "--suggest also searches scales and ratios that cover more and writes anchors.yaml\n"
+                    "for 'frcnn train --config'. See docs/anchors.md.")
     parser.add_argument("--data", metavar="SPEC", help=f"{SPEC_HELP} (default: synthetic)")
     parser.add_argument("--split", default="train", help="the split of --data (default: %(default)s)")
     parser.add_argument("--index", type=int, default=0, metavar="I",
                         help="the image's index in the split (default: %(default)s)")
+    parser.add_argument("--backbone", choices=BACKBONES, default="small",
+                        help="the recipe the configuration starts from, as in frcnn train (default: %(default)s)")
+    parser.add_argument("--fpn", action="store_true", help="the recipe with a feature pyramid (default: off)")
     config_options(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the anchor sampling (default: %(default)s)")
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="FILE.png",
-                        help="the picture to write (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the anchor sampling, and of --suggest's sample (default: %(default)s)")
+    parser.add_argument("--fit", action="store_true",
+                        help="measure the anchors' coverage of every gt box of the split (default: off)")
+    parser.add_argument("--suggest", action="store_true",
+                        help="with --fit: search better scales and ratios, write anchors.yaml (default: off)")
+    parser.add_argument("--anchors-per-cell", type=int, metavar="N",
+                        help="--suggest: anchors per feature cell (default: as many as now)")
+    parser.add_argument("--sample-images", type=int, default=SAMPLE_IMAGES, metavar="N",
+                        help="--suggest: images the search scores candidates on (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="--fit: print the report as one JSON object")
+    parser.add_argument("--out", metavar="PATH",
+                        help=f"the picture to write (default: {DEFAULT_OUT}); with --fit the folder for "
+                             f"anchors_fit.json, anchors_fit.png and anchors.yaml (default: {DEFAULT_FIT_OUT})")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = layered_config(RunConfig(), args)
+    config = layered_config(RunConfig(model=default_config(args.backbone, args.fpn)), args)
+    if args.suggest or args.json or args.anchors_per_cell is not None:
+        if not args.fit:
+            raise ValueError("--suggest, --json and --anchors-per-cell need --fit")
+    if args.fit:
+        return run_fit(args, config)
     dataset = replace(config.data, train_split=args.split).dataset("train")
     if not 0 <= args.index < len(dataset):
         raise ValueError(f"--index {args.index} is outside the {len(dataset)} images of {config.data.train} "
@@ -48,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     model = new_model(config, len(dataset.class_names)).eval()
     with torch.no_grad():
         features = model.backbone(batch.images)
-    grids = model.anchor_grids(features)
+    grids = model.anchor_grids(features, batch.images.shape[-2:])
     targets = assign_anchor_targets(grids, batch.gt_boxes, batch.num_boxes, batch.im_info, config.model.rpn.targets,
                                     torch.Generator().manual_seed(args.seed), batch.ignore_boxes, batch.num_ignore)
     anchors, labels = concat_anchors(grids), targets.labels[0]
@@ -61,7 +91,25 @@ def run(args: argparse.Namespace) -> int:
              f"{len(positives)} positive anchors (red), {len(negatives)} sampled negatives (blue), "
              f"{len(ignore)} ignore regions (gold); {len(anchors)} anchors")
     names = [dataset.class_names[int(label) - 1] for label in batch.gt_boxes[0, :len(gt), 4]]
-    path = save_png(draw_anchor_targets(image, gt, names, positives, negatives, ignore, title), args.out)
+    path = save_png(draw_anchor_targets(image, gt, names, positives, negatives, ignore, title),
+                    args.out or DEFAULT_OUT)
     say(title)
     say(f"wrote {path}")
+    return 0
+
+
+def run_fit(args: argparse.Namespace, config: RunConfig) -> int:
+    dataset = replace(config.data, train_split=args.split).dataset("train")
+    out = Path(args.out or DEFAULT_FIT_OUT)
+    say(f"fitting the anchors to {config.data.train} {args.split} ({len(dataset)} images)")
+    report = anchor_report(dataset, config.model, suggest=args.suggest, anchors_per_cell=args.anchors_per_cell,
+                           keep_difficult=config.data.keep_difficult, sample_images=args.sample_images,
+                           seed=args.seed, progress=say)
+    write_json(out / "anchors_fit.json", report.summary)
+    written = [out / "anchors_fit.json", plot_anchor_fit(report, config.model, out / "anchors_fit.png")]
+    if report.suggestion is not None:
+        (out / "anchors.yaml").write_text(anchors_yaml(report.suggestion.anchors))
+        written.append(out / "anchors.yaml")
+    print(json.dumps(report.summary) if args.json else format_report(report.summary))
+    say(f"wrote {', '.join(map(str, written))}")
     return 0
