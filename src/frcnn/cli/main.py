@@ -7,10 +7,10 @@ from typing import Sequence
 
 from .. import engine
 from ..data import DatasetError
-from . import anchors, detect, evaluate, train
+from . import anchors, data, detect, evaluate, train
 from .common import HelpFormatter
 
-COMMANDS = {"train": train, "eval": evaluate, "detect": detect, "anchors": anchors}
+COMMANDS = {"train": train, "eval": evaluate, "detect": detect, "anchors": anchors, "data": data}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from .. import engine
 from ..config import BACKBONES, default_config
 from ..data import SPEC_HELP, DetectionDataset, collate
+from ..data.report import data_report, summary
 from ..engine import RunConfig
 from .common import (CONFIG_NAME, METRICS_NAME, HelpFormatter, config_options, device_option, format_metrics,
                      layered_config, new_model, say, write_json)
@@ -77,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         config = _train_config(args)
         out = Path(args.out)
         train_set, val_set = _datasets_rank0_first(config, context, need_val=not args.no_eval)
+        if context.is_main:
+            say(summary(data_report(train_set, config.data.train, config.data.train_split,
+                                    config.transform(training=False))))
         engine.seed_everything(config.train.seed)
         model = new_model(config, len(train_set.class_names))
         if context.is_main:
