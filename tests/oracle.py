@@ -295,3 +295,40 @@ def ref_legacy_layout(per_anchor: dict, height: int, width: int, num_anchors_per
         four("bbox_inside_weights"),
         four("bbox_outside_weights"),
     )
+
+
+# --------------------------------------------------------------------------- mmdetection's assigner
+
+
+def ref_mmdet_max_iou_assign(anchors, gts, ignore_boxes, pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
+                             ignore_iof_thr=0.5) -> tuple[np.ndarray, np.ndarray]:
+    """mmdetection's ``MaxIoUAssigner.assign`` for ONE image, written out plainly (continuous
+    pixels, ``gt_max_assign_all=True``, ``match_low_quality=True``, ``ignore_wrt_candidates=True``).
+
+    anchors (N, 4), gts (K, 4), ignore_boxes (J, 4). Returns labels (N,) (1 / 0 / -1) and the
+    0-based gt of each positive (-1 elsewhere).
+    """
+    anchors = np.asarray(anchors, dtype=np.float64).reshape(-1, 4)
+    gts = np.asarray(gts, dtype=np.float64).reshape(-1, 4)
+    ign = np.asarray(ignore_boxes, dtype=np.float64).reshape(-1, 4)
+    num_anchors, num_gts = anchors.shape[0], gts.shape[0]
+    overlaps = ref_iou(gts, anchors, plus_one=False)  # (K, N)
+    if ign.shape[0] > 0 and num_anchors > 0:
+        area = _extent(anchors[:, 0], anchors[:, 2], False) * _extent(anchors[:, 1], anchors[:, 3], False)
+        iof = _intersection(anchors, ign, False) / area[:, None]
+        overlaps[:, iof.max(axis=1) > ignore_iof_thr] = -1.0
+    assigned = np.full(num_anchors, -1, dtype=np.int64)  # -1 ignored, 0 negative, i + 1 gt i
+    if num_gts == 0 or num_anchors == 0:
+        if num_gts == 0:
+            assigned[:] = 0
+    else:
+        max_overlaps, argmax = overlaps.max(axis=0), overlaps.argmax(axis=0)
+        gt_max = overlaps.max(axis=1)
+        assigned[(max_overlaps >= 0) & (max_overlaps < neg_iou_thr)] = 0
+        positive = max_overlaps >= pos_iou_thr
+        assigned[positive] = argmax[positive] + 1
+        for i in range(num_gts):
+            if gt_max[i] >= min_pos_iou:
+                assigned[overlaps[i] == gt_max[i]] = i + 1
+    labels = np.where(assigned > 0, 1, np.where(assigned == 0, 0, -1))
+    return labels, np.where(assigned > 0, assigned - 1, -1)

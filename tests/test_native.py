@@ -142,3 +142,44 @@ def test_the_pip_ninja_is_found_without_the_venv_on_path(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     native._put_ninja_on_path()
     assert shutil.which("ninja") == str(Path(ninja.BIN_DIR) / "ninja")
+
+
+def tie_heavy_boxes(generator: torch.Generator, count: int, dtype: torch.dtype, shape: tuple[int, ...] = ()):
+    """Boxes (*shape, count, 4) on a coarse integer lattice, with zero-width and zero-height ones:
+    exact IoU ties everywhere."""
+    corners = torch.randint(-8, 40, (*shape, count, 2), generator=generator)
+    sizes = torch.randint(0, 24, (*shape, count, 2), generator=generator)
+    return torch.cat([corners, corners + sizes], dim=-1).to(dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_matching_kernel_equals_its_twin(monkeypatch, dtype):
+    """Arbitrary anchors (duplicates, degenerate boxes, scales from 0 to 2^9), every switch of
+    the matching: the compiled kernel and the PyTorch-op twin agree bit for bit."""
+    from frcnn.anchor_targets.box_matching import match_boxes
+
+    generator = torch.Generator().manual_seed(7)
+    for trial in range(24):
+        num_anchors = int(torch.randint(0, 300, (), generator=generator))
+        anchors = tie_heavy_boxes(generator, num_anchors, dtype)
+        anchors[::7] *= 2 ** int(torch.randint(0, 5, (), generator=generator))  # several size classes
+        anchors[1::11] = anchors[0::11][: anchors[1::11].shape[0]]              # duplicates
+        num_gt = int(torch.randint(1, 9, (), generator=generator))
+        gt = tie_heavy_boxes(generator, num_gt, dtype, (3,))
+        valid = torch.rand(3, num_gt, generator=generator) < 0.8
+        gt = torch.where(valid[..., None], gt, 0)
+        im_info = torch.tensor([[40.0, 48.0, 1.0], [30.0, 30.0, 1.0], [64.0, 20.0, 1.0]], dtype=dtype)
+        takes_part = torch.rand(3, num_anchors, generator=generator) < 0.9 if trial % 3 == 0 else None
+        config = AnchorTargetConfig(
+            allowed_border=(None, 0, 4)[trial % 3], legacy_plus_one=bool(trial % 2),
+            low_quality_matches=trial % 4 != 3, low_quality_reassign=trial % 5 == 0,
+            min_positive_overlap=0.3 if trial % 6 == 0 else 0.0, working_set_bytes=(4096, 2**26)[trial % 2])
+        offset = 1.0 if config.legacy_plus_one else 0.0
+        compiled, fallback = both_paths(monkeypatch, lambda: match_boxes(anchors, gt, valid, im_info, config,
+                                                                         offset, takes_part))
+        for name, got, want in zip(compiled._fields, compiled, fallback):
+            assert got.dtype == want.dtype and got.shape == want.shape == (3, num_anchors), (name, trial)
+            assert torch.equal(got, want), (name, trial)
+        if num_anchors > 50 and config.low_quality_matches:
+            assert compiled.low_quality.any() and (compiled.max_iou > 0).any(), trial

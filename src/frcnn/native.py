@@ -5,6 +5,7 @@ same values bit for bit; ``FRCNN_NATIVE=0`` in the environment forces that fallb
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -16,7 +17,8 @@ from types import ModuleType
 
 import torch
 
-_SOURCES = [Path(__file__).with_name("csrc") / "kernels.cpp"]
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = [_CSRC / name for name in ("kernels.cpp", "box_matching.cpp")]
 # No fused multiply-adds: the kernels must round exactly as the PyTorch-op paths do. OpenMP
 # (torch's intra-op threads on Linux) is what makes at::parallel_for parallel in an extension.
 _OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
@@ -27,8 +29,8 @@ _state: dict[str, ModuleType | None] = {}
 
 
 def kernels() -> ModuleType | None:
-    """The compiled module (``rank_gts``, ``low_quality_gt``, ``sample_balanced``), or None where
-    it is disabled or cannot be built."""
+    """The compiled module (``rank_gts``, ``low_quality_gt``, ``bin_anchors``, ``rank_boxes``,
+    ``low_quality_boxes``, ``sample_balanced``), or None where it is disabled or cannot be built."""
     if "module" not in _state:
         with _lock:
             if "module" not in _state:
@@ -57,12 +59,21 @@ def _build() -> ModuleType | None:
         finally:
             logger.setLevel(level)
         _put_ninja_on_path()
-        return load("frcnn_native", [str(path) for path in _SOURCES], extra_cflags=_FLAGS, extra_ldflags=_OPENMP,
+        return load(_module_name(), [str(path) for path in _SOURCES], extra_cflags=_FLAGS, extra_ldflags=_OPENMP,
                     verbose=False)
     except Exception as error:  # no compiler, no ninja, an unsupported platform: all mean fallback
         warnings.warn(f"frcnn: compiled CPU kernels unavailable ({type(error).__name__}: {error}); "
                       f"using the PyTorch-op paths", RuntimeWarning, stacklevel=2)
         return None
+
+
+def _module_name() -> str:
+    """The extension's name, with a digest of every file in csrc/: torch's loader rebuilds when a
+    source changes but not when only a header does, and a fresh name makes it build from scratch."""
+    digest = hashlib.sha256()
+    for path in sorted(_CSRC.iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"frcnn_native_{digest.hexdigest()[:12]}"
 
 
 def _put_ninja_on_path() -> None:

@@ -8,9 +8,11 @@ from torch import Tensor
 from ..sampling import random_keys, sample_balanced
 from .checks import check_inputs
 from .config import AnchorTargetConfig
-from .geometry import Anchors, anchor_codes, as_grids, grid_levels, num_anchors, plain_level
+from .box_matching import match_boxes, max_ioa_boxes
+from .geometry import Anchors, anchor_codes, as_grids, grid_levels, num_anchors
 from .grid_matching import match_grids, max_ioa_grids
 from .outputs import AnchorTargets
+from .recognition import recognise_grids
 from .targets import classify, labels_of, outside_weights, per_coordinate, regression_targets
 
 
@@ -39,17 +41,35 @@ def compute_anchor_targets(
     # Padded rows may hold anything; replace them so that no NaN or inf can leak through.
     gt = torch.where(valid[..., None], gt_boxes[..., :4], 0.0)
     im_info = im_info.to(dtype)
-    grids = as_grids(anchors)
-    levels = [plain_level(anchors, dtype, offset)] if grids is None else grid_levels(grids, dtype, offset)
-
-    match = match_grids(levels, gt, valid, im_info, config, offset)
     has_gt = num_boxes > 0
-    positive, negative = classify(match, has_gt, config)
+    grids = as_grids(anchors)
+    if grids is None:
+        grids = recognise_grids(anchors, dtype, offset)
+    # Exactly one of the two forms: grid levels, or plain boxes in dtype.
+    levels = None if grids is None else grid_levels(grids, dtype, offset)
+    boxes = anchors.to(dtype) if grids is None else None
 
+    covered = None
     if ignore_boxes is not None and ignore_boxes.shape[1] > 0:
         ignore_valid = torch.arange(ignore_boxes.shape[1], device=gt.device)[None, :] < num_ignore[:, None]
         ignore = torch.where(ignore_valid[..., None], ignore_boxes.to(dtype), 0.0)
-        covered = max_ioa_grids(levels, ignore, ignore_valid, im_info, config, offset) >= config.ignore_overlap
+        if levels is not None:
+            ioa = max_ioa_grids(levels, ignore, ignore_valid, im_info, config, offset)
+        else:
+            ioa = max_ioa_boxes(boxes, ignore, ignore_valid, config, offset)
+        covered = ioa > config.ignore_overlap if config.ignore_before_matching else ioa >= config.ignore_overlap
+
+    if covered is not None and config.ignore_before_matching:
+        # Covered anchors of images with gt leave matching (docs/anchor_targets.md, Ignore regions).
+        if boxes is None:
+            boxes = torch.cat([grid.boxes for grid in grids]).to(dtype)
+        match = match_boxes(boxes, gt, valid, im_info, config, offset, ~(covered & has_gt[:, None]))
+    elif levels is not None:
+        match = match_grids(levels, gt, valid, im_info, config, offset)
+    else:
+        match = match_boxes(boxes, gt, valid, im_info, config, offset)
+    positive, negative = classify(match, has_gt, config)
+    if covered is not None and not config.ignore_before_matching:
         negative = negative & ~covered
 
     if config.batch_size is not None:
@@ -60,7 +80,7 @@ def compute_anchor_targets(
     # Every taking-part anchor of an image with gt gets a target (docs/anchor_targets.md,
     # Targets), sampled or not.
     has_target = match.inside & has_gt[:, None]
-    targets = regression_targets(*anchor_codes(anchors, config.legacy_plus_one, dtype), gt, match.target_gt,
+    targets = regression_targets(*anchor_codes(grids if grids is not None else anchors, config.legacy_plus_one, dtype), gt, match.target_gt,
                                  has_target, config)
     inside_weights = per_coordinate(positive.to(dtype), config.bbox_inside_weights)
     anchor_weights = per_coordinate(outside_weights(positive, negative, config.positive_weight, dtype),

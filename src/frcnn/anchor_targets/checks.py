@@ -1,4 +1,4 @@
-"""Input checks of the anchor target layer (docs/anchor_targets.md, Bad input)."""
+"""Input checks of the anchor target layer (docs/anchor_targets.md, Bad inputs)."""
 from __future__ import annotations
 
 from torch import Tensor

@@ -17,7 +17,7 @@ _PRESETS: dict[str, dict] = {
     "detectron2": dict(allowed_border=None, legacy_plus_one=False, min_positive_overlap=0.0,
                        low_quality_reassign=False),
     "mmdetection": dict(allowed_border=None, legacy_plus_one=False, min_positive_overlap=0.3,
-                        low_quality_reassign=True),
+                        low_quality_reassign=True, ignore_before_matching=True),
 }
 
 
@@ -39,6 +39,9 @@ class AnchorTargetConfig:
     min_positive_overlap: float = 0.0
     low_quality_reassign: bool = False
     ignore_overlap: float = 0.5
+    # mmdetection's rule for ignore regions: anchors covered by more than ignore_overlap leave
+    # matching (images with gt only); else covered non-positives are relabelled -1 after it.
+    ignore_before_matching: bool = False
     # Above this many bytes of (image, anchor, gt) intermediates, anchors are processed in chunks.
     working_set_bytes: int = 64 * 2**20
 

@@ -48,13 +48,6 @@ def grid_levels(grids: Sequence[AnchorGrid], dtype: torch.dtype, offset: float) 
     return levels
 
 
-def plain_level(boxes: Tensor, dtype: torch.dtype, offset: float) -> Level:
-    """Plain anchors (N, 4) as the degenerate grid of N base shapes over one cell."""
-    boxes = boxes.to(dtype)
-    area = (boxes[:, 2] - boxes[:, 0] + offset) * (boxes[:, 3] - boxes[:, 1] + offset)
-    return Level(boxes[:, None, 1::2], boxes[:, None, 0::2], area)
-
-
 def num_anchors(anchors: Anchors) -> int:
     grids = as_grids(anchors)
     return anchors.shape[0] if grids is None else sum(grid.num_anchors for grid in grids)

@@ -1,4 +1,4 @@
-"""The classic Caffe-layout anchor target layer (docs/anchor_targets.md, The legacy layout)."""
+"""The classic Caffe-layout anchor target layer (docs/anchor_targets.md, Legacy layout)."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -14,31 +14,12 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels.h"
+
 namespace {
 
-template <typename scalar_t>
-struct SameSizeInt;
-template <>
-struct SameSizeInt<float> {
-  using type = int32_t;
-};
-template <>
-struct SameSizeInt<double> {
-  using type = int64_t;
-};
-
-// a where mask is all ones, b where it is zero: a bitwise select, which vectorises on plain SSE2
-// where a conditional does not.
-template <typename scalar_t, typename mask_t>
-inline scalar_t pick(mask_t mask, scalar_t a, scalar_t b) {
-  mask_t bits_a, bits_b;
-  std::memcpy(&bits_a, &a, sizeof a);
-  std::memcpy(&bits_b, &b, sizeof b);
-  const mask_t bits = (bits_a & mask) | (bits_b & ~mask);
-  scalar_t out;
-  std::memcpy(&out, &bits, sizeof out);
-  return out;
-}
+using frcnn::pick;
+using frcnn::SameSizeInt;
 
 // [start, stop) of the columns where a (pair, gt) overlap is non-zero; start = stop if none.
 template <typename scalar_t>
@@ -282,5 +263,8 @@ std::vector<at::Tensor> sample_balanced(const at::Tensor& positive, const at::Te
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rank_gts", &rank_gts, "Per-anchor best gt and its IoU over a grid level (CPU)");
   m.def("low_quality_gt", &low_quality_gt, "Per-anchor highest gt it is a best anchor of, or -1 (CPU)");
+  m.def("bin_anchors", &bin_anchors, "Anchors (N, 4) bucketed by size class, x1 and y1 (CPU)");
+  m.def("rank_boxes", &rank_boxes, "Per-anchor best gt and its IoU for arbitrary anchors (CPU)");
+  m.def("low_quality_boxes", &low_quality_boxes, "Per-anchor highest gt it is a best anchor of, or -1 (CPU)");
   m.def("sample_balanced", &sample_balanced, "Balanced sampling by the largest random keys (CPU)");
 }
