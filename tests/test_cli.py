@@ -78,13 +78,13 @@ def test_eval_json_matches_the_training_metrics(workdir: Path, trained: Path) ->
 def test_detect_draws_every_image_and_writes_json(workdir: Path, trained: Path) -> None:
     images = sorted((workdir / "cache").rglob("JPEGImages/val_*.jpg"))[:2]
     ok(frcnn(workdir, "detect", "run/model_final.pt", *map(str, images), "--out", "seen",
-             "--score-threshold", "0.0"))
+             "--score-threshold", "0.0", "--save-images"))
     for image in images:
         assert (workdir / "seen" / f"{image.stem}.png").read_bytes()[:8] == PNG_MAGIC
-    report = json.loads((workdir / "seen" / "detections.json").read_text())
-    assert [entry["image"] for entry in report] == list(map(str, images))
-    for detection in (d for entry in report for d in entry["detections"]):
-        assert set(detection) == {"box", "score", "label", "class"} and len(detection["box"]) == 4
+    listed = json.loads((workdir / "seen" / "images.json").read_text())
+    assert [entry["file_name"] for entry in listed["images"]] == list(map(str, images))
+    for detection in json.loads((workdir / "seen" / "detections.json").read_text()):
+        assert set(detection) == {"image_id", "category_id", "bbox", "score"} and len(detection["bbox"]) == 4
 
 
 def test_anchors_draws_the_targets_of_an_image(workdir: Path) -> None:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .backbones import BoxHead
 from .boxes import box_area, box_iou, box_size, clip_boxes, decode_boxes, encode_boxes
 from .config import HeadConfig, InferenceConfig, RoISamplingConfig
+from .roi_align import axis_samples, gather_roi_align, roi_extents
 from .rpn import Proposals, gather_rows, smooth_l1
 from .sampling import random_keys, sample_balanced
 
@@ -90,20 +91,10 @@ def sample_rois(proposals: Proposals, gt_boxes: Tensor, num_boxes: Tensor, confi
 def _axis_weights(start: Tensor, length: Tensor, output_size: int, sampling_ratio: int, size: int) -> Tensor:
     """RoIAlign's sampling along one axis as averaging weights over the feature cells.
 
-    start, length (B, R) in feature cells (already shifted by -0.5) -> (B, R, output_size, size):
-    bin i averages ``sampling_ratio`` bilinear samples; a sample below -1 or beyond ``size`` counts
-    as zero, one in [-1, 0] reads cell 0, one at or past the last cell reads the last cell
-    (torchvision's rules, which factor into one axis at a time).
+    start, length (B, R) in feature cells (``roi_extents``) -> (B, R, output_size, size): bin i
+    averages the ``sampling_ratio`` bilinear samples of ``axis_samples``.
     """
-    steps = torch.arange(output_size, device=start.device, dtype=start.dtype)[:, None] + (
-        torch.arange(sampling_ratio, device=start.device, dtype=start.dtype)[None, :] + 0.5) / sampling_ratio
-    position = start[..., None, None] + steps * (length / output_size)[..., None, None]
-    inside = (position >= -1.0) & (position <= size)
-    position = position.clamp(min=0.0)
-    low = position.floor()
-    at_end = low >= size - 1
-    low = torch.where(at_end, float(size - 1), low)
-    fraction = torch.where(at_end, 0.0, position - low) * inside
+    low, fraction, inside = axis_samples(start, length, output_size, sampling_ratio, size)
     cells = torch.arange(size, device=start.device, dtype=start.dtype)
     weights = ((1.0 - fraction) * inside)[..., None] * (cells == low[..., None]) + fraction[..., None] * (
         cells == low[..., None] + 1)
@@ -157,15 +148,11 @@ def dense_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_s
     features (B, C, H, W), boxes (B, R, 4) in image coordinates -> (B * R, C, S, S), RoIs
     image-major. RoIAlign's bilinear sampling factors into a (S, H) and a (W, S) weight matrix per
     RoI, so the pooling and its gradient are batched products; it has no gradient for the boxes.
-    Aligned boxes are shifted by -0.5 cells; unaligned ones are not, and span at least one cell.
     """
     height, width = features.shape[-2:]
-    scaled = boxes.detach().to(features.dtype) * spatial_scale - (0.5 if aligned else 0.0)
-    lengths = scaled[..., 2:] - scaled[..., :2]
-    if not aligned:
-        lengths = lengths.clamp(min=1.0)
-    weights_y = _axis_weights(scaled[..., 1], lengths[..., 1], output_size, sampling_ratio, height)
-    weights_x = _axis_weights(scaled[..., 0], lengths[..., 0], output_size, sampling_ratio, width)
+    starts, lengths = roi_extents(boxes.detach().to(features.dtype), spatial_scale, aligned)
+    weights_y = _axis_weights(starts[..., 1], lengths[..., 1], output_size, sampling_ratio, height)
+    weights_x = _axis_weights(starts[..., 0], lengths[..., 0], output_size, sampling_ratio, width)
     pooled = _SeparableRoIAlign.apply(features, weights_y, weights_x)
     return pooled.flatten(0, 1)
 
@@ -216,7 +203,9 @@ class RoIPooler(nn.Module):
     def _pool_level(self, feature: Tensor, boxes: Tensor, scale: float) -> Tensor:
         config = self.config
         if config.pooler == "align" and config.align_impl == "dense":
-            return dense_roi_align(feature, boxes, config.output_size, scale, config.sampling_ratio, config.aligned)
+            # Without a gradient to compute, gathering the cells each RoI reads is several times faster.
+            align = dense_roi_align if feature.requires_grad and torch.is_grad_enabled() else gather_roi_align
+            return align(feature, boxes, config.output_size, scale, config.sampling_ratio, config.aligned)
         return self._pool_rois(feature, _with_batch_index(boxes), scale)
 
     def _pool_rois(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
@@ -265,9 +254,19 @@ class RoIHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: Sequence[Tensor], boxes: Tensor) -> tuple[Tensor, Tensor]:
-        """boxes (B, R, 4) -> class logits (B, R, C + 1) and box deltas (B, R, C + 1, 4)."""
+        """boxes (B, R, 4) -> class logits (B, R, C + 1) and box deltas (B, R, C + 1, 4).
+
+        In eval mode a RoI's outputs depend on its own pooled features only, so the RoIs go
+        through the pooler and the trunk in chunks small enough to reuse memory (large fresh
+        buffers cost more in page faults than the pooling itself)."""
         batch, rois = boxes.shape[:2]
-        hidden = self.trunk(self.pooler(features, boxes))
+        if self.training:
+            hidden = self.trunk(self.pooler(features, boxes))
+        else:
+            per_roi = batch * features[0].shape[1] * self.pooler.config.output_size**2
+            chunks = _chunks(rois, per_roi) or [(0, 0)]
+            hidden = torch.cat([self.trunk(self.pooler(features, boxes[:, start:stop])).view(batch, stop - start, -1)
+                                for start, stop in chunks], dim=1).flatten(0, 1)
         logits = self.cls_score(hidden).view(batch, rois, -1)
         return logits, self.bbox_pred(hidden).view(batch, rois, logits.shape[-1], 4)
 

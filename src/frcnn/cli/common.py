@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -93,5 +94,8 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON (no NaN), written to a temporary file renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=1, allow_nan=False) + "\n")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(value, indent=1, allow_nan=False) + "\n")
+    os.replace(temporary, path)

@@ -1,33 +1,39 @@
-"""Run a checkpoint on image files: ``frcnn detect``."""
+"""Run a checkpoint or an exported ONNX model on images: ``frcnn detect``."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from .. import engine
-from ..data import DetectionDataset, image_annotation
 from ..viz import draw_detections, load_image, save_png
-from .common import HelpFormatter, device_option, load_model, say, write_json
+from .common import HelpFormatter, device_option, say, write_json
 
 DEFAULT_OUT = "runs/detect"
 DETECTIONS_NAME = "detections.json"
+IMAGES_NAME = "images.json"
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "detect", parents=[common], formatter_class=HelpFormatter,
-        help="draw a checkpoint's detections on images",
-        description="Run a checkpoint on image files: one PNG per image with the boxes, class names and\n"
-                    f"scores drawn, and {DETECTIONS_NAME} with every detection (original pixel coordinates).")
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by 'frcnn train'")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                        help="output folder (default: %(default)s)")
+        help="run a checkpoint or an exported .onnx model on images",
+        description="Run a checkpoint (PyTorch) or a model written by 'frcnn export' (onnxruntime) on images:\n"
+                    f"{DETECTIONS_NAME}, a COCO results file (bbox [x, y, w, h] in the images' pixels,\n"
+                    f"category_id = label), {IMAGES_NAME} with the COCO image and category lists its ids\n"
+                    "refer to, and with --save-images one PNG per image with the detections drawn.")
+    parser.add_argument("model", metavar="MODEL",
+                        help="a checkpoint written by 'frcnn train', torchvision:ARCH:PATH, or FILE.onnx")
+    parser.add_argument("images", nargs="+", metavar="IMAGES",
+                        help="image files, folders (their image files) or glob patterns such as 'photos/**/*.jpg'")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="output folder (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=4, metavar="N",
+                        help="images per forward pass (default: %(default)s); an ONNX model runs each run of "
+                             "equally sized images of a batch as one call")
     parser.add_argument("--score-threshold", type=float, default=0.5, metavar="T",
                         help="keep detections scoring at least T (default: %(default)s)")
+    parser.add_argument("--save-images", action="store_true", help="also write the pictures with the detections (default: off)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)")
     device_option(parser)
     parser.set_defaults(handler=run)
 
@@ -43,25 +49,36 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
+def _detector(spec: str, device_name: str) -> tuple[Any, list[str]]:
+    """The predict function of ``spec`` (an .onnx file or a checkpoint) and its class names."""
+    if spec.endswith(".onnx"):
+        from ..deploy.runtime import OnnxDetector
+
+        detector = OnnxDetector(spec)
+        return detector.predict, detector.class_names
+    from ..model import FasterRCNN
+
+    model = FasterRCNN.load(spec, engine.resolve_device(device_name))
+    return model.predict, list(model.class_names)
+
+
 def run(args: argparse.Namespace) -> int:
-    device = engine.resolve_device(args.device)
-    model, config, class_names = load_model(args.checkpoint, device)
-    paths = [Path(p) for p in args.images]
-    images = DetectionDataset(tuple(image_annotation(p, i) for i, p in enumerate(paths)), tuple(class_names),
-                              "voc")
-    predictions = engine.predict(model, images, config.transform(training=False), device,
-                                 config.train.eval_batch_size)
+    from ..deploy.files import coco_results, detect_files, find_images
+
+    predict, class_names = _detector(args.model, args.device)
+    paths = find_images(args.images)
     out = Path(args.out)
-    report = []
-    for path, stem, found in zip(paths, _unique_stems(paths), predictions.detections):
-        keep = found["scores"] >= args.score_threshold
-        boxes, scores, labels = (torch.from_numpy(found[key][keep]) for key in ("boxes", "scores", "labels"))
-        picture = save_png(draw_detections(load_image(path), boxes, labels, scores, class_names), out / f"{stem}.png")
-        report.append({"image": str(path), "picture": str(picture), "detections": [
-            {"box": [round(v, 2) for v in box], "score": round(score, 4), "label": label,
-             "class": class_names[label - 1]}
-            for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist())]})
-        say(f"{path}: {len(report[-1]['detections'])} detections -> {picture}")
-    write_json(out / DETECTIONS_NAME, report)
-    say(f"wrote {out / DETECTIONS_NAME}")
+    found = []
+    for detections, stem in zip(detect_files(predict, paths, args.batch_size, args.score_threshold,
+                                             progress_bar=not args.no_progress), _unique_stems(paths)):
+        found.append(detections)
+        if args.save_images:
+            picture = draw_detections(load_image(detections.path), detections.boxes, detections.labels,
+                                      detections.scores, class_names)
+            save_png(picture, out / f"{stem}.png")
+    results, images = coco_results(found, class_names)
+    write_json(out / DETECTIONS_NAME, results)
+    write_json(out / IMAGES_NAME, images)
+    pictures = f", {len(found)} pictures" if args.save_images else ""
+    say(f"{len(results)} detections on {len(found)} images -> {out / DETECTIONS_NAME} ({out / IMAGES_NAME}{pictures})")
     return 0

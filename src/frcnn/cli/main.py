@@ -7,10 +7,10 @@ from typing import Sequence
 
 from .. import engine
 from ..data import DatasetError
-from . import anchors, data, detect, evaluate, train
+from . import anchors, data, detect, evaluate, export, train
 from .common import HelpFormatter
 
-COMMANDS = {"train": train, "eval": evaluate, "detect": detect, "anchors": anchors, "data": data}
+COMMANDS = {"train": train, "eval": evaluate, "detect": detect, "anchors": anchors, "data": data, "export": export}
 
 
 def build_parser() -> argparse.ArgumentParser:

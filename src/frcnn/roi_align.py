@@ -1,0 +1,83 @@
+"""RoIAlign's bilinear sampling rule, and RoIAlign for inference as one weighted gather.
+
+``torchvision.ops.roi_align`` averages ``sampling_ratio``^2 bilinear samples
+per output bin. The rule factors into one axis at a time (``axis_samples``); each bin then reads
+at most (2 ``sampling_ratio``)^2 feature cells with weights that are products of the two axes'.
+``gather_roi_align`` reads exactly those cells (``torch.nn.functional.embedding_bag`` with
+per-cell weights), so it does no work for the cells a RoI does not touch: the pooling without a
+gradient (inference). Training uses ``roi.dense_roi_align``, the same weights as matrix products.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def axis_samples(start: Tensor, length: Tensor, output_size: int, sampling_ratio: int,
+                 size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Where RoIAlign samples along one axis of ``size`` feature cells.
+
+    start, length (B, R) in feature cells (``roi_extents``) -> low, fraction, inside, each
+    (B, R, output_size, sampling_ratio): bin i's samples sit at start + (i + (j + 0.5) /
+    sampling_ratio) * length / output_size; a sample reads cell ``low`` with weight 1 - fraction
+    and cell low + 1 with weight ``fraction``; one below -1 or beyond ``size`` counts as zero
+    (``inside`` False), one in [-1, 0] reads cell 0, one at or past the last cell reads the last
+    cell (torchvision's rules). ``low`` is a float tensor of cell indices.
+    """
+    steps = torch.arange(output_size, device=start.device, dtype=start.dtype)[:, None] + (
+        torch.arange(sampling_ratio, device=start.device, dtype=start.dtype)[None, :] + 0.5) / sampling_ratio
+    position = start[..., None, None] + steps * (length / output_size)[..., None, None]
+    inside = (position >= -1.0) & (position <= size)
+    position = position.clamp(min=0.0)
+    low = position.floor()
+    at_end = low >= size - 1
+    low = torch.where(at_end, float(size - 1), low)
+    fraction = torch.where(at_end, 0.0, position - low) * inside
+    return low, fraction, inside
+
+
+def _axis_cells(start: Tensor, length: Tensor, output_size: int, sampling_ratio: int,
+                size: int) -> tuple[Tensor, Tensor]:
+    """The cells (B, R, S, 2 * sampling_ratio) int64 each bin of one axis reads, and their
+    weights (the same shape), averaging over the bin's samples; a sample's two cells are
+    adjacent (the upper one clamped to the axis, where its weight is 0)."""
+    low, fraction, inside = axis_samples(start, length, output_size, sampling_ratio, size)
+    cells = torch.stack((low, (low + 1).clamp(max=size - 1)), dim=-1).flatten(-2).long()
+    weights = torch.stack(((1.0 - fraction) * inside, fraction), dim=-1).flatten(-2) / sampling_ratio
+    return cells, weights
+
+
+def roi_extents(boxes: Tensor, spatial_scale: float, aligned: bool) -> tuple[Tensor, Tensor]:
+    """boxes (B, R, 4) in image coordinates -> starts (B, R, 2) and lengths (B, R, 2), (x, y), in
+    feature cells: aligned boxes are shifted by -0.5 cells; unaligned ones are not, and span at
+    least one cell."""
+    scaled = boxes * spatial_scale - (0.5 if aligned else 0.0)
+    lengths = scaled[..., 2:] - scaled[..., :2]
+    return scaled[..., :2], lengths if aligned else lengths.clamp(min=1.0)
+
+
+def gather_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float,
+                     sampling_ratio: int, aligned: bool = True) -> Tensor:
+    """``torchvision.ops.roi_align(..., aligned=aligned)`` with R boxes per image, as a weighted
+    gather.
+
+    features (B, C, H, W), boxes (B, R, 4) in image coordinates -> (B * R, C, S, S), RoIs
+    image-major, channels last in memory (a flatten or a convolution takes it as it is). Bin
+    (s, t) of a RoI is the sum over its cells (y, x) of weight_y * weight_x * features[:, y, x];
+    no gradient flows to the boxes.
+    """
+    batch, channels, height, width = features.shape
+    rois, size = boxes.shape[1], output_size
+    starts, lengths = roi_extents(boxes.detach().to(features.dtype), spatial_scale, aligned)
+    rows, weights_y = _axis_cells(starts[..., 1], lengths[..., 1], size, sampling_ratio, height)
+    columns, weights_x = _axis_cells(starts[..., 0], lengths[..., 0], size, sampling_ratio, width)
+    image = torch.arange(batch, device=boxes.device)[:, None, None, None, None, None] * (height * width)
+    # (B, R, S, S, 2 sampling_ratio, 2 sampling_ratio): rows of the (B H W, C) table and weights.
+    cells = image + rows[:, :, :, None, :, None] * width + columns[:, :, None, :, None, :]
+    weights = weights_y[:, :, :, None, :, None] * weights_x[:, :, None, :, None, :]
+    table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    per_bin = cells.shape[-1] * cells.shape[-2]
+    pooled = F.embedding_bag(cells.reshape(-1, per_bin), table, mode="sum",
+                             per_sample_weights=weights.reshape(-1, per_bin))
+    return pooled.view(batch * rois, size, size, channels).permute(0, 3, 1, 2)
