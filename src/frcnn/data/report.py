@@ -238,12 +238,12 @@ def plot_labels(report_or_dataset: DataReport | DetectionDataset, path: str | Pa
         counts_axis.annotate(str(n), (n, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
     counts_axis.margins(x=0.15)
     point_colours = [colours[label - 1] for label in report.labels]
-    marker = max(1.0, min(12.0, 3000.0 / max(len(report.labels), 1)))
-    centres_axis.scatter(report.centres[:, 0], report.centres[:, 1], s=marker, c=point_colours, alpha=0.6, linewidths=0)
+    marker = max(2.0, min(12.0, 6000.0 / max(len(report.labels), 1)))
+    centres_axis.scatter(report.centres[:, 0], report.centres[:, 1], s=marker, c=point_colours, alpha=0.5, linewidths=0)
     centres_axis.set(xlim=(0, 1), ylim=(1, 0), aspect="equal", xlabel="x / image width", ylabel="y / image height",
                      title="box centres")
     if len(report.sizes):
-        sizes_axis.scatter(report.sizes[:, 0], report.sizes[:, 1], s=marker, c=point_colours, alpha=0.6, linewidths=0)
+        sizes_axis.scatter(report.sizes[:, 0], report.sizes[:, 1], s=marker, c=point_colours, alpha=0.5, linewidths=0)
         low, high = max(report.sizes.min() * 0.8, 0.5), report.sizes.max() * 1.25
         span = np.geomspace(low, high, 50)
         for limit, name in ((COCO_SMALL, "small | medium"), (COCO_MEDIUM, "medium | large")):
@@ -258,6 +258,7 @@ def plot_labels(report_or_dataset: DataReport | DetectionDataset, path: str | Pa
     try:
         with os.fdopen(handle, "wb") as file:
             canvas.print_png(file)
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
