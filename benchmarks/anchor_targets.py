@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/anchor_targets.py [--repeats 24] [--skip-memory] [--warm-heap] [--profile]
 
 Both sides run in this process with 2 threads on the same anchors and boxes; medians of
-interleaved runs. "frcnn (torchvision preset)" does the same work as torchvision's
-box_iou + Matcher + BalancedPositiveNegativeSampler + BoxCoder.encode; "frcnn (default)" is the
-Caffe semantics (border filter, +1 pixels).
+interleaved runs. frcnn runs the torchvision preset, the same work as torchvision's
+box_iou + Matcher + BalancedPositiveNegativeSampler + BoxCoder.encode, on three anchor forms:
+an ``AnchorGrid`` ("grid"), the same anchors as a plain (N, 4) tensor ("plain", recognised as the
+grid) and that tensor shuffled ("shuffled", which no grid rebuilds: the box-matching path).
 
 ``--warm-heap`` reruns the table with glibc's malloc held where a long-running process ends up
 (mmap threshold at its 32 MiB dynamic maximum, no trimming): in a fresh process many of both
@@ -30,7 +31,7 @@ import torch
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou
 
-from frcnn import AnchorTargetConfig, assign_anchor_targets, generate_anchors, grid_anchors
+from frcnn import AnchorTargetConfig, assign_anchor_targets, concat_anchors, generate_anchors, grid_anchors
 
 IMAGE_HEIGHT, IMAGE_WIDTH, STRIDE = 600, 1000, 16
 WARM_HEAP = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
@@ -75,12 +76,12 @@ def speed_table(repeats: int) -> None:
     sampler = det_utils.BalancedPositiveNegativeSampler(256, 0.5)
     coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
     preset = AnchorTargetConfig.preset("torchvision")
-    default = AnchorTargetConfig()
     print(f"{IMAGE_HEIGHT}x{IMAGE_WIDTH} image, {height}x{width} cells x 9 = {anchors.shape[0]} anchors, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', 'unset')}; median ms per call over {repeats} runs")
-    print(f"| gts | B | torchvision | frcnn (torchvision preset) | speed-up | frcnn (default) | speed-up |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| gts | B | torchvision | grid | speed-up | plain | speed-up | shuffled | speed-up |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    shuffled = anchors[torch.randperm(anchors.shape[0], generator=torch.Generator().manual_seed(0))]
     for num_gt in (20, 100):
         for batch in (1, 8, 16):
             gt = random_gt(batch, num_gt, IMAGE_HEIGHT, IMAGE_WIDTH, seed=batch * 1000 + num_gt)
@@ -88,8 +89,9 @@ def speed_table(repeats: int) -> None:
             im_info = torch.tensor([[IMAGE_HEIGHT, IMAGE_WIDTH, 1.0]]).repeat(batch, 1)
             runs = {
                 "torchvision": lambda: torchvision_targets(anchors, gt, matcher, sampler, coder),
-                "preset": lambda: assign_anchor_targets(grid, gt, num_boxes, im_info, preset),
-                "default": lambda: assign_anchor_targets(grid, gt, num_boxes, im_info, default),
+                "grid": lambda: assign_anchor_targets(grid, gt, num_boxes, im_info, preset),
+                "plain": lambda: assign_anchor_targets(anchors, gt, num_boxes, im_info, preset),
+                "shuffled": lambda: assign_anchor_targets(shuffled, gt, num_boxes, im_info, preset),
             }
             for fn in runs.values():  # warm-up
                 fn()
@@ -98,9 +100,8 @@ def speed_table(repeats: int) -> None:
                 for name, fn in runs.items():
                     samples[name].append(median_ms(fn, max(1, repeats // 3)))
             ms = {name: statistics.median(values) for name, values in samples.items()}
-            print(f"| {num_gt} | {batch} | {ms['torchvision']:.2f} | {ms['preset']:.2f} | "
-                  f"{ms['torchvision'] / ms['preset']:.1f}x | {ms['default']:.2f} | "
-                  f"{ms['torchvision'] / ms['default']:.1f}x |")
+            cells = " | ".join(f"{ms[name]:.2f} | {ms['torchvision'] / ms[name]:.1f}x" for name in ("grid", "plain", "shuffled"))
+            print(f"| {num_gt} | {batch} | {ms['torchvision']:.2f} | {cells} |")
 
 
 def profile_call(repeats: int) -> None:
@@ -134,8 +135,12 @@ def _reset_peak_rss_mb() -> float:
     return _status_mb("VmRSS")
 
 
-def fpn_memory_child() -> None:
-    """Run in a fresh process: print the extra peak RSS (MB) of one FPN-sized assignment."""
+FPN_FORMS = ("grid", "plain", "shuffled")
+
+
+def fpn_memory_child(form: str) -> None:
+    """Run in a fresh process: print the extra peak RSS (MB) of one FPN-sized assignment, the
+    anchors given as ``form`` (one of FPN_FORMS)."""
     torch.set_num_threads(2)
     height, width, batch, num_gt = 800, 1333, 2, 500
     levels = [grid_anchors(generate_anchors(stride, (0.5, 1, 2), (8,)), -(-height // stride), -(-width // stride),
@@ -144,16 +149,22 @@ def fpn_memory_child() -> None:
     num_boxes = torch.full((batch,), num_gt)
     im_info = torch.tensor([[height, width, 1.0]]).repeat(batch, 1)
     config = AnchorTargetConfig.preset("torchvision")
-    anchors = sum(level.num_anchors for level in levels)
+    anchors = {"grid": levels, "plain": concat_anchors(levels)}.get(form)
+    if anchors is None:
+        plain = concat_anchors(levels)
+        anchors = plain[torch.randperm(plain.shape[0], generator=torch.Generator().manual_seed(0))]
+    num_anchors = sum(level.num_anchors for level in levels)
     before = _reset_peak_rss_mb()
     start = time.perf_counter()
-    assign_anchor_targets(levels, gt, num_boxes, im_info, config)
+    assign_anchor_targets(anchors, gt, num_boxes, im_info, config)
     elapsed = time.perf_counter() - start
     peak = _status_mb("VmHWM")
-    one_shot_gb = batch * anchors * num_gt * 4 / 1e9
-    print(f"FPN case: {height}x{width}, strides 4..64, 3 ratios = {anchors} anchors, {num_gt} gts, B = {batch}: "
-          f"extra peak memory {peak - before:.0f} MB (budget {config.working_set_bytes / 2**20:.0f} MB working set; "
-          f"one (B, N, K) float32 tensor alone is {one_shot_gb:.2f} GB), {elapsed * 1e3:.0f} ms")
+    one_shot_gb = batch * num_anchors * num_gt * 4 / 1e9
+    path = "PyTorch-op twin" if os.environ.get("FRCNN_NATIVE") == "0" else "compiled kernels"
+    print(f"FPN case, {form} ({path}): {height}x{width}, strides 4..64, 3 ratios = {num_anchors} anchors, "
+          f"{num_gt} gts, B = {batch}: extra peak memory {peak - before:.0f} MB (budget "
+          f"{config.working_set_bytes / 2**20:.0f} MB working set; one (B, N, K) float32 tensor alone is "
+          f"{one_shot_gb:.2f} GB), {elapsed * 1e3:.0f} ms")
 
 
 def main() -> None:
@@ -164,10 +175,10 @@ def main() -> None:
                         help="also run the table with malloc in a long-running process's steady state")
     parser.add_argument("--profile", action="store_true",
                         help="only print where one frcnn call at B = 8, 20 gts spends its time, op by op")
-    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", choices=FPN_FORMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        fpn_memory_child()
+        fpn_memory_child(args.memory_child)
         return
     torch.set_num_threads(2)
     if args.profile:
@@ -178,7 +189,11 @@ def main() -> None:
         subprocess.run(command, check=True, env={**os.environ, "GLIBC_TUNABLES": WARM_HEAP})
     speed_table(args.repeats)
     if not args.skip_memory:
-        subprocess.run([sys.executable, __file__, "--memory-child"], check=True)
+        for form in FPN_FORMS:
+            subprocess.run([sys.executable, __file__, "--memory-child", form], check=True)
+        twin = {**os.environ, "FRCNN_NATIVE": "0"}
+        for form in ("plain", "shuffled"):
+            subprocess.run([sys.executable, __file__, "--memory-child", form], check=True, env=twin)
 
 
 if __name__ == "__main__":
