@@ -105,7 +105,9 @@ class PreprocessConfig:
     def transform(self, flip_prob: float = 0.0) -> DetectionTransform:
         """The data transform that applies this preprocessing (and random horizontal flips with
         probability ``flip_prob``, for training)."""
-        return DetectionTransform(self.min_size, self.max_size, flip_prob, self.mean, self.std)
+        return DetectionTransform(self.min_size, self.max_size, flip_prob, self.mean, self.std,
+                                  size_rounding=self.resize_rounding, interpolation=self.interpolation,
+                                  antialias=self.antialias)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def as_image_tensor(image: Any) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"a numpy image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-        return as_image_tensor(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        return as_image_tensor(torch.from_numpy(image.copy()).permute(2, 0, 1))
     if isinstance(image, Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"a tensor image must be (3, H, W), got {tuple(image.shape)}")

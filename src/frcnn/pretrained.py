@@ -152,26 +152,6 @@ def checkpoint_norm(state: Mapping[str, Tensor]) -> str:
     return "batch" if plain else "frozen"
 
 
-def import_torchvision_state(state: Mapping[str, Tensor], config: ModelConfig,
-                             origin: str = "torchvision checkpoint") -> FasterRCNN:
-    """An frcnn model of ``config`` (a torchvision recipe, its backbone norm set to the
-    checkpoint's, as torchvision's own builder does) carrying a torchvision detector's weights,
-    in eval mode; the class count comes from the box predictor."""
-    config = replace(config, backbone=replace(config.backbone, norm=checkpoint_norm(state)))
-    renamed = rename_torchvision(state, config)
-    predictor = renamed.get("roi_head.cls_score.weight")
-    if predictor is None:
-        raise ValueError(f"{origin}: no roi_heads.box_predictor.cls_score.weight: not a Faster R-CNN state dict")
-    num_classes = predictor.shape[0] - 1
-    names = coco_class_names() if predictor.shape[0] == COCO_CLASSES else None
-    model = FasterRCNN(num_classes, config=config, class_names=names)
-    target = model.state_dict()
-    renamed = fit_batchnorm_buffers(renamed, target)
-    _check_fit(renamed, target, origin)
-    model.load_state_dict(renamed)
-    return model.eval()
-
-
 def from_torchvision(source: Any, arch: str | None = None) -> FasterRCNN:
     """``FasterRCNN.from_torchvision``: a torchvision detector (model, state dict or path) as an
     frcnn model in eval mode. From a model, its transform sizes and thresholds are kept too."""
@@ -182,7 +162,7 @@ def from_torchvision(source: Any, arch: str | None = None) -> FasterRCNN:
         raise ValueError(f"arch is needed to import a state dict: one of {', '.join(TORCHVISION_ARCHS)}")
     else:
         config = torchvision_config(arch)
-    return import_torchvision_state(_read_state(source), config, f"torchvision {arch} weights")
+    return build_model(torchvision_checkpoint(_read_state(source), config, f"torchvision {arch} weights"))
 
 
 def parse_spec(spec: str) -> tuple[str, str] | None:
@@ -197,12 +177,28 @@ def parse_spec(spec: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What a checkpoint spec holds: the model configuration, class names and frcnn-named weights."""
+    """What a checkpoint spec holds: the model configuration, class names, frcnn-named weights,
+    and an frcnn checkpoint's whole run configuration (a plain dict; None for torchvision's)."""
 
     config: ModelConfig
     class_names: tuple[str, ...]
     state: dict[str, Tensor]
     origin: str
+    run_config: dict[str, Any] | None = None
+
+
+def torchvision_checkpoint(state: Mapping[str, Tensor], config: ModelConfig, origin: str) -> Checkpoint:
+    """A torchvision detector's state dict for ``config`` (its recipe), renamed; the backbone's
+    BatchNorm follows the checkpoint's (``checkpoint_norm``), as torchvision's own builders pick
+    it; the class count comes from the box predictor (COCO's names for 91 classes)."""
+    config = replace(config, backbone=replace(config.backbone, norm=checkpoint_norm(state)))
+    renamed = rename_torchvision(state, config)
+    predictor = renamed.get("roi_head.cls_score.weight")
+    if predictor is None:
+        raise ValueError(f"{origin}: no roi_heads.box_predictor.cls_score.weight: not a Faster R-CNN state dict")
+    count = predictor.shape[0]
+    names = coco_class_names() if count == COCO_CLASSES else tuple(f"class_{i}" for i in range(1, count))
+    return Checkpoint(config, names, renamed, origin)
 
 
 def read_checkpoint(spec: str) -> Checkpoint:
@@ -210,18 +206,11 @@ def read_checkpoint(spec: str) -> Checkpoint:
     parsed = parse_spec(spec)
     if parsed is not None:
         arch, path = parsed
-        config = torchvision_config(arch)
-        state = rename_torchvision(_read_state(path), config)
-        predictor = state.get("roi_head.cls_score.weight")
-        if predictor is None:
-            raise ValueError(f"{path}: no roi_heads.box_predictor.cls_score.weight: not a Faster R-CNN state dict")
-        count = predictor.shape[0] - 1
-        names = coco_class_names() if count + 1 == COCO_CLASSES else tuple(f"class_{i}" for i in range(1, count + 1))
-        return Checkpoint(config, names, state, path)
+        return torchvision_checkpoint(_read_state(path), torchvision_config(arch), path)
     from .engine.checkpoint import load_checkpoint
     payload = load_checkpoint(spec)
     config = ModelConfig.from_dict(payload["config"].get("model", {}))
-    return Checkpoint(config, tuple(payload["class_names"]), dict(payload["model"]), spec)
+    return Checkpoint(config, tuple(payload["class_names"]), dict(payload["model"]), spec, payload["config"])
 
 
 def build_model(checkpoint: Checkpoint, config: ModelConfig | None = None,

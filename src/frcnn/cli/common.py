@@ -14,6 +14,7 @@ import torch
 from .. import engine
 from ..engine import RunConfig
 from ..model import FasterRCNN
+from ..pretrained import build_model, read_checkpoint
 
 METRICS_NAME = "metrics.json"
 CONFIG_NAME = "config.yaml"
@@ -58,17 +59,13 @@ def new_model(config: RunConfig, num_classes: int) -> torch.nn.Module:
 
 def load_model(path: str, device: torch.device,
                assignments: Sequence[str] = ()) -> tuple[torch.nn.Module, RunConfig, list[str]]:
-    """The model of a checkpoint, in eval mode on ``device``, its configuration and class names."""
-    payload = engine.load_checkpoint(path)
-    config = RunConfig.from_dict(payload["config"]).with_assignments(assignments)
-    class_names = list(payload["class_names"])
-    model = new_model(config, len(class_names))
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        raise ValueError(f"{path}: the weights do not fit the model its configuration describes "
-                         f"({str(error).splitlines()[0]})") from error
-    return model.to(device).eval(), config, class_names
+    """The model of a checkpoint (an frcnn file or ``torchvision:ARCH:PATH``), in eval mode on
+    ``device``, its configuration and class names."""
+    checkpoint = read_checkpoint(path)
+    base = RunConfig.from_dict(checkpoint.run_config) if checkpoint.run_config else RunConfig(model=checkpoint.config)
+    config = base.with_assignments(assignments)
+    model = build_model(checkpoint, config.model, device)
+    return model, config, list(model.class_names)
 
 def print_metrics(metrics: Mapping[str, float], class_names: Sequence[str], as_json: bool) -> None:
     if as_json:

@@ -12,6 +12,7 @@ from ..config import BACKBONES, default_config
 from ..data import SPEC_HELP, DetectionDataset, collate
 from ..data.report import data_report, summary
 from ..engine import RunConfig
+from ..pretrained import init_weights, read_checkpoint
 from .common import (CONFIG_NAME, METRICS_NAME, HelpFormatter, config_options, device_option, format_metrics,
                      layered_config, new_model, say, write_json)
 
@@ -33,8 +34,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                              "file, so give the validation file here (default: the training spec, split "
                              "data.val_split)")
     config_options(parser)
-    parser.add_argument("--backbone", choices=BACKBONES, default="small",
-                        help="the model recipe to start from (default: %(default)s)")
+    parser.add_argument("--backbone", choices=BACKBONES,
+                        help="the model recipe to start from (default: --init's, else small)")
+    parser.add_argument("--init", metavar="CHECKPOINT",
+                        help="start from these weights: an frcnn checkpoint or torchvision:ARCH:PATH (a "
+                             "torchvision Faster R-CNN state dict); its recipe unless --backbone is given; "
+                             "tensors that fit are loaded, the class-specific ones made new (default: none)")
     parser.add_argument("--fpn", action="store_true", help="add a feature pyramid to the recipe (default: off)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help="output folder (default: %(default)s)")
@@ -66,7 +71,8 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
             raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
         base = RunConfig.from_dict(engine.load_checkpoint(checkpoint)["config"])
     else:
-        base = RunConfig(model=default_config(args.backbone, args.fpn))
+        base = RunConfig(model=read_checkpoint(args.init).config if args.init and args.backbone is None
+                         else default_config(args.backbone or "small", args.fpn))
     return layered_config(base, args)
 
 
@@ -83,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
                                     config.transform(training=False))))
         engine.seed_everything(config.train.seed)
         model = new_model(config, len(train_set.class_names))
+        if args.init and not args.resume:
+            report = init_weights(model, args.init)
+            if context.is_main:
+                say(f"initialised from {args.init}: {report.summary()}")
         if context.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / CONFIG_NAME).write_text(config.to_yaml())

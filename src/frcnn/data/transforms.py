@@ -1,6 +1,7 @@
 """The image transform: resize by the shorter side, optional horizontal flip, normalisation."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,9 @@ class DetectionTransform:
     DataLoader workers seed per worker), convert to float in [0, 1] and normalise by mean/std.
 
     Boxes and ignore boxes follow the image and are clipped to it; the target gains ``scale``
-    (the resize factor) and ``flipped``.
+    (the resize factor) and ``flipped``. The resized sides are rounded by ``size_rounding``
+    ("round" or "floor") and resampled with ``interpolation`` (bilinear, bicubic) and ``antialias``
+    (the model's ``PreprocessConfig``, docs/model.md).
     """
 
     min_size: int = 600
@@ -36,15 +39,20 @@ class DetectionTransform:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     generator: torch.Generator | None = None
+    size_rounding: str = "round"
+    interpolation: str = "bilinear"
+    antialias: bool = True
 
     def __call__(self, image: Tensor, target: Target) -> tuple[Tensor, Target]:
         height, width = image.shape[-2:]
         scale = resize_scale(height, width, self.min_size, self.max_size)
-        size = [round(height * scale), round(width * scale)]
+        rounding = math.floor if self.size_rounding == "floor" else round
+        size = [int(rounding(height * scale)), int(rounding(width * scale))]
         flipped = self.flip_prob > 0 and bool(torch.rand((), generator=self.generator) < self.flip_prob)
 
         def geometric(x: Tensor) -> Tensor:
-            x = F.resize(x, size, antialias=True)
+            x = F.resize(x, size, interpolation=F.InterpolationMode[self.interpolation.upper()],
+                         antialias=self.antialias)
             return F.horizontal_flip(x) if flipped else x
 
         boxes = {key: F.clamp_bounding_boxes(geometric(tv_tensors.BoundingBoxes(

@@ -44,9 +44,9 @@ def predict(model: nn.Module, dataset: DetectionDataset, transform: DetectionTra
     for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress_bar, file=sys.stderr,
                       mininterval=0.5 if sys.stderr.isatty() else 30.0):
         batch = batch.to(device)
-        detections += _numpy(model(batch.images, batch.im_info))
+        detections += _numpy(model(batch.images, batch.im_info, orig_sizes=batch.orig_sizes))
         if proposals:
-            found += _numpy(model.propose(batch.images, batch.im_info))
+            found += _numpy(model.propose(batch.images, batch.im_info, batch.orig_sizes))
     return Predictions(detections, found if proposals else None)
 
 
