@@ -21,7 +21,6 @@ from frcnn.anchor_targets import assign_anchor_targets
 from frcnn.boxes import box_iou
 from frcnn.config import AnchorConfig, ModelConfig, default_config
 from frcnn.data import DetectionDataset, ImageAnnotation, collate
-from frcnn.data.batching import collate as collate_function
 from frcnn.model import FasterRCNN
 
 
@@ -46,7 +45,7 @@ def reference_fit(gt: GroundTruth, model: ModelConfig) -> tuple[list[int], list[
     status, positives, best = [], [], []
     for index, (height, width) in enumerate(gt.image_sizes.tolist()):
         rows = (gt.image == index).nonzero()[:, 0]
-        padded = padded_size(height, width)
+        padded = padded_size(height, width, model.preprocess.size_divisible)
         images = torch.zeros(1, 3, *padded)
         with torch.no_grad():
             grids = net.anchor_grids(net.backbone(images), padded)
@@ -153,8 +152,7 @@ def test_padding_is_collates() -> None:
                                        "difficult": torch.zeros(0, dtype=torch.bool),
                                        "ignore_boxes": torch.zeros(0, 4), "image_id": 0, "orig_size": (70, 97),
                                        "scale": 1.0})]
-    assert tuple(collate(items).images.shape[-2:]) == padded_size(70, 97)
-    assert collate_function.__defaults__[-1] == 32 == padded_size(1, 1)[0]
+    assert tuple(collate(items).images.shape[-2:]) == padded_size(70, 97, SMALL.preprocess.size_divisible)
 
 
 def write_dataset(root: Path) -> DetectionDataset:

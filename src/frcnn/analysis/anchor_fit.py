@@ -66,7 +66,7 @@ def fit_ground_truth(gt: GroundTruth, model: ModelConfig, geometry: FeatureGeome
     best_iou = torch.zeros(count, dtype=torch.float32)
     best_level = torch.zeros(count, dtype=torch.int64)
     starts, counts = _image_rows(gt)
-    for images, (height, width) in _batches(gt, counts, images_per_batch):
+    for images, (height, width) in _batches(gt, counts, model.preprocess.size_divisible, images_per_batch):
         grids = anchor_grids(bases, model.anchors, (height, width), geometry.feature_sizes(height, width),
                              geometry.strides)
         rows, valid = _padded_rows(starts[images], counts[images])
@@ -96,11 +96,12 @@ def _image_rows(gt: GroundTruth) -> tuple[Tensor, Tensor]:
     return torch.cumsum(counts, 0) - counts, counts
 
 
-def _batches(gt: GroundTruth, counts: Tensor, size: int) -> Iterator[tuple[Tensor, tuple[int, int]]]:
-    """Image indices (B,) of one padded shape with the shape, fewest boxes first (little padding)."""
+def _batches(gt: GroundTruth, counts: Tensor, multiple: int, size: int) -> Iterator[tuple[Tensor, tuple[int, int]]]:
+    """Image indices (B,) of one padded shape (sides rounded up to ``multiple``) with the shape,
+    fewest boxes first (little padding)."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, (height, width) in enumerate(gt.image_sizes.tolist()):
-        groups[padded_size(height, width)].append(index)
+        groups[padded_size(height, width, multiple)].append(index)
     for shape, members in groups.items():
         members_tensor = torch.tensor(members, dtype=torch.int64)
         members_tensor = members_tensor[torch.argsort(counts[members_tensor], stable=True)]

@@ -16,14 +16,10 @@ from ..anchors import AnchorGrid, cell_anchors, cell_strides, grid_anchors
 from ..backbones import Backbone, build_backbone
 from ..config import AnchorConfig, BackboneConfig
 
-# ``frcnn.data.collate`` pads each batch to a multiple of this (its default).
-SIZE_DIVISIBILITY = 32
-
-
-def padded_size(height: int, width: int, size_divisibility: int = SIZE_DIVISIBILITY) -> tuple[int, int]:
-    """The zero-padded (height, width) that ``collate`` gives an image batched alone."""
-    return (math.ceil(height / size_divisibility) * size_divisibility,
-            math.ceil(width / size_divisibility) * size_divisibility)
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """The zero-padded (height, width) of an image batched alone: each side rounded up to a
+    multiple of ``multiple`` (``PreprocessConfig.size_divisible``, as ``collate`` pads)."""
+    return math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
 
 
 class FeatureGeometry:

@@ -1,7 +1,8 @@
 """A dataset's training boxes as the model sees them: resized by ``model.preprocess``, no flips.
 
-Read from the annotations, so no image is decoded. The resize follows ``DetectionTransform``
-exactly (the same scale, output size, float32 products and clipping; tests hold the two equal).
+Read from the annotations, so no image is decoded. The resize follows the model's transform
+(``PreprocessConfig.transform``) exactly: the same factor and output size (``frcnn.preprocess``),
+the same float32 products and clipping; tests hold the two equal.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ..config import PreprocessConfig
-from ..data import DetectionDataset, resize_scale
+from ..data import DetectionDataset
+from ..preprocess import resize_factor, resized_size
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,8 +66,8 @@ def resized_ground_truth(dataset: DetectionDataset, preprocess: PreprocessConfig
     labels, areas, image = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0, np.int64)]
     for index, annotation in enumerate(dataset.annotations):
         height, width = annotation.height, annotation.width
-        scale = resize_scale(height, width, preprocess.min_size, preprocess.max_size)
-        new_height, new_width = round(height * scale), round(width * scale)
+        scale = resize_factor(height, width, preprocess)
+        new_height, new_width = resized_size(height, width, preprocess)
         sizes.append((new_height, new_width))
         scales.append(scale)
         keep = slice(None) if keep_difficult else ~annotation.difficult.astype(bool)

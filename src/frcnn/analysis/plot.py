@@ -10,15 +10,21 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from typing import TYPE_CHECKING, Callable
+
 from ..config import ModelConfig
-from .anchor_fit import SIZE_LIMITS
+from .anchor_fit import COVERED, LOW_QUALITY_ONLY, SIZE_LIMITS, UNMATCHED
 from .geometry import base_anchors
+
+if TYPE_CHECKING:
+    from .report import AnchorReport
 
 SCATTER_POINTS = 4000
 
 
-def plot_anchor_fit(report, model: ModelConfig, path: str | Path) -> Path:
-    """Draw ``report`` (an ``AnchorReport``) for ``model`` into the PNG ``path`` (atomically)."""
+def plot_anchor_fit(report: "AnchorReport", model: ModelConfig, path: str | Path) -> Path:
+    """Draw ``report`` for ``model`` (whose anchors are the current ones) into the PNG ``path``,
+    atomically."""
     figure = Figure(figsize=(13, 8.5), dpi=100, layout="constrained")
     grid = figure.add_gridspec(2, len(SIZE_LIMITS), height_ratios=(1, 1.3))
     gt, threshold = report.gt, model.rpn.targets.positive_overlap
@@ -28,17 +34,21 @@ def plot_anchor_fit(report, model: ModelConfig, path: str | Path) -> Path:
     for rank, (name, _) in enumerate(SIZE_LIMITS):
         axes = figure.add_subplot(grid[0, rank])
         mask = size_rank == rank
+        axes.set_title(f"{name} gts ({int(mask.sum())}): best anchor IoU")
+        if not mask.any():
+            axes.text(0.5, 0.5, "no gt boxes of this size", ha="center", va="center", transform=axes.transAxes)
+            axes.set_axis_off()
+            continue
         series = [("current", report.current, "tab:red")]
         if suggested is not None and suggested.anchors != model.anchors:
             series.append(("suggested", suggested.fit, "tab:blue"))
         for label, fit, colour in series:
             values = fit.best_iou[mask].numpy()
-            covered = float((fit.status[mask] == 0).double().mean()) if mask.any() else 0.0
+            covered = float((fit.status[mask] == COVERED).double().mean())
             axes.hist(values, bins=40, range=(0, 1), histtype="step", linewidth=1.8, color=colour,
                       label=f"{label}: coverage {covered:.3f}")
         axes.axvline(threshold, color="black", linestyle="--", linewidth=1)
         axes.text(threshold, 0.98, f" {threshold:g}", transform=axes.get_xaxis_transform(), va="top", fontsize=9)
-        axes.set_title(f"{name} gts ({int(mask.sum())}): best anchor IoU")
         axes.set_xlabel("best IoU over the anchors that take part")
         axes.set_ylabel("gt boxes")
         axes.legend(loc="upper left", fontsize=9)
@@ -47,8 +57,8 @@ def plot_anchor_fit(report, model: ModelConfig, path: str | Path) -> Path:
     widths, heights = (gt.boxes[:, 2] - gt.boxes[:, 0]), (gt.boxes[:, 3] - gt.boxes[:, 1])
     shown = torch.randperm(len(gt), generator=torch.Generator().manual_seed(0))[:SCATTER_POINTS]
     status = report.current.status[shown]
-    for code, label, colour in ((0, "covered", "tab:green"), (1, "low-quality only", "tab:orange"),
-                                (2, "unmatched", "tab:gray")):
+    for code, label, colour in ((COVERED, "covered", "tab:green"), (LOW_QUALITY_ONLY, "low-quality only", "tab:orange"),
+                                (UNMATCHED, "unmatched", "tab:gray")):
         pick = shown[status == code]
         axes.scatter(widths[pick].clamp(min=0.5).numpy(), heights[pick].clamp(min=0.5).numpy(), s=4, alpha=0.35,
                      color=colour, label=f"gt, {label} by the current anchors", linewidths=0)
@@ -65,15 +75,26 @@ def plot_anchor_fit(report, model: ModelConfig, path: str | Path) -> Path:
     axes.set_ylabel("height after the resize (px)")
     axes.set_title(f"gt shapes ({min(len(gt), SCATTER_POINTS)} shown) and anchor shapes "
                    f"(strides {', '.join(map(str, report.strides))})")
-    axes.legend(loc="upper left", fontsize=9, markerscale=1.5)
+    legend = axes.legend(loc="upper left", fontsize=9)
+    for handle in legend.legend_handles:
+        handle.set_alpha(1.0)
     axes.grid(True, which="both", alpha=0.25)
     return _save(figure, Path(path))
 
 
 def _save(figure: Figure, path: Path) -> Path:
+    return write_atomically(path, lambda temporary: FigureCanvasAgg(figure).print_png(temporary))
+
+
+def write_atomically(path: Path, write: Callable[[str], object]) -> Path:
+    """Have ``write(temporary_path)`` write the file, then move it to ``path`` in one step."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)
-    FigureCanvasAgg(figure).print_png(temporary)
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
     return path

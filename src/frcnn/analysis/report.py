@@ -2,7 +2,9 @@
 the warnings, as one JSON-ready dict and as a text table (docs/anchors.md)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -15,6 +17,9 @@ from .anchor_search import SAMPLE_IMAGES, Suggestion, suggest_anchors
 from .bound import best_possible_iou, level_origins
 from .geometry import FeatureGeometry, base_anchors
 from .ground_truth import GroundTruth, resized_ground_truth
+from .plot import plot_anchor_fit, write_atomically
+
+REPORT_NAME, PLOT_NAME, ANCHORS_NAME = "anchors_fit.json", "anchors_fit.png", "anchors.yaml"
 
 # Boxes with a side below this many pixels after the resize get a warning.
 TINY_SIDE = 4.0
@@ -162,3 +167,18 @@ def format_report(summary: dict[str, Any]) -> str:
 
 def _short(values: list[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
+
+
+def save_report(report: AnchorReport, model: ModelConfig, out: str | Path) -> list[Path]:
+    """Write anchors_fit.json, anchors_fit.png and (with a suggestion) anchors.yaml into ``out``,
+    each atomically; the paths written."""
+    out = Path(out)
+
+    def text(name: str, content: str) -> Path:
+        return write_atomically(out / name, lambda temporary: Path(temporary).write_text(content))
+
+    written = [text(REPORT_NAME, json.dumps(report.summary, indent=1, allow_nan=False) + "\n"),
+               plot_anchor_fit(report, model, out / PLOT_NAME)]
+    if report.suggestion is not None:
+        written.append(text(ANCHORS_NAME, anchors_yaml(report.suggestion.anchors)))
+    return written

@@ -11,14 +11,14 @@ from typing import Any
 import torch
 
 from ..anchor_targets import assign_anchor_targets
-from ..analysis import anchor_report, anchors_yaml, format_report, plot_anchor_fit
+from ..analysis import anchor_report, format_report, save_report
 from ..analysis.anchor_search import SAMPLE_IMAGES
 from ..anchors import concat_anchors
 from ..config import BACKBONES, default_config
 from ..data import SPEC_HELP, collate
 from ..engine import RunConfig
 from ..viz import draw_anchor_targets, image_to_uint8, save_png
-from .common import HelpFormatter, config_options, layered_config, new_model, say, write_json
+from .common import HelpFormatter, config_options, layered_config, new_model, say
 
 DEFAULT_OUT = "runs/anchors.png"
 DEFAULT_FIT_OUT = "runs/anchors"
@@ -105,11 +105,7 @@ def run_fit(args: argparse.Namespace, config: RunConfig) -> int:
     report = anchor_report(dataset, config.model, suggest=args.suggest, anchors_per_cell=args.anchors_per_cell,
                            keep_difficult=config.data.keep_difficult, sample_images=args.sample_images,
                            seed=args.seed, progress=say)
-    write_json(out / "anchors_fit.json", report.summary)
-    written = [out / "anchors_fit.json", plot_anchor_fit(report, config.model, out / "anchors_fit.png")]
-    if report.suggestion is not None:
-        (out / "anchors.yaml").write_text(anchors_yaml(report.suggestion.anchors))
-        written.append(out / "anchors.yaml")
+    written = save_report(report, config.model, out)
     print(json.dumps(report.summary) if args.json else format_report(report.summary))
     say(f"wrote {', '.join(map(str, written))}")
     return 0
