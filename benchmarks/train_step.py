@@ -99,7 +99,7 @@ def copy_into_torchvision(model: FasterRCNN, twin: TorchvisionFasterRCNN) -> Non
     """frcnn's weights into the twin; the two-way softmax becomes the equivalent sigmoid."""
     twin.backbone.body.load_state_dict(model.backbone.state_dict())
     rpn, anchors = model.rpn_head, model.rpn_head.num_anchors
-    twin.rpn.head.conv[0][0].load_state_dict(rpn.conv.state_dict())
+    twin.rpn.head.conv[0][0].load_state_dict(rpn.conv[0][0].state_dict())
     twin.rpn.head.bbox_pred.load_state_dict(rpn.bbox_pred.state_dict())
     weight, bias = rpn.cls_score.weight, rpn.cls_score.bias
     if rpn.logits_per_anchor == 2:

@@ -88,7 +88,7 @@ def sample_rois(proposals: Proposals, gt_boxes: Tensor, num_boxes: Tensor, confi
     return RoISample(boxes, labels, targets, torch.where(is_fg, matched_gt, -1))
 
 
-def _axis_weights(start: Tensor, length: Tensor, output_size: int, sampling_ratio: int, size: int) -> Tensor:
+def axis_weights(start: Tensor, length: Tensor, output_size: int, sampling_ratio: int, size: int | Tensor) -> Tensor:
     """RoIAlign's sampling along one axis as averaging weights over the feature cells.
 
     start, length (B, R) in feature cells (``roi_extents``) -> (B, R, output_size, size): bin i
@@ -151,8 +151,8 @@ def dense_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_s
     """
     height, width = features.shape[-2:]
     starts, lengths = roi_extents(boxes.detach().to(features.dtype), spatial_scale, aligned)
-    weights_y = _axis_weights(starts[..., 1], lengths[..., 1], output_size, sampling_ratio, height)
-    weights_x = _axis_weights(starts[..., 0], lengths[..., 0], output_size, sampling_ratio, width)
+    weights_y = axis_weights(starts[..., 1], lengths[..., 1], output_size, sampling_ratio, height)
+    weights_x = axis_weights(starts[..., 0], lengths[..., 0], output_size, sampling_ratio, width)
     pooled = _SeparableRoIAlign.apply(features, weights_y, weights_x)
     return pooled.flatten(0, 1)
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 
 def axis_samples(start: Tensor, length: Tensor, output_size: int, sampling_ratio: int,
-                 size: int) -> tuple[Tensor, Tensor, Tensor]:
+                 size: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Where RoIAlign samples along one axis of ``size`` feature cells.
 
     start, length (B, R) in feature cells (``roi_extents``) -> low, fraction, inside, each
@@ -23,7 +23,8 @@ def axis_samples(start: Tensor, length: Tensor, output_size: int, sampling_ratio
     sampling_ratio) * length / output_size; a sample reads cell ``low`` with weight 1 - fraction
     and cell low + 1 with weight ``fraction``; one below -1 or beyond ``size`` counts as zero
     (``inside`` False), one in [-1, 0] reads cell 0, one at or past the last cell reads the last
-    cell (torchvision's rules). ``low`` is a float tensor of cell indices.
+    cell (torchvision's rules). ``low`` is a float tensor of cell indices. ``size`` may be a
+    0-dim tensor (a traced graph's dynamic size).
     """
     steps = torch.arange(output_size, device=start.device, dtype=start.dtype)[:, None] + (
         torch.arange(sampling_ratio, device=start.device, dtype=start.dtype)[None, :] + 0.5) / sampling_ratio
@@ -32,7 +33,7 @@ def axis_samples(start: Tensor, length: Tensor, output_size: int, sampling_ratio
     position = position.clamp(min=0.0)
     low = position.floor()
     at_end = low >= size - 1
-    low = torch.where(at_end, float(size - 1), low)
+    low = torch.where(at_end, size - 1, low)
     fraction = torch.where(at_end, 0.0, position - low) * inside
     return low, fraction, inside
 

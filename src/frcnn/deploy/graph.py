@@ -9,7 +9,8 @@ ONNX export, docs/deploy.md) stays valid for any batch size and image size:
 * anchors from the feature maps' sizes;
 * the proposal layer and the detection post-processing with NMS per (image, level) and per
   (image, class) as ONNX's ``NonMaxSuppression`` does it, and top-k in place of sorting;
-* RoIAlign as ``torchvision.ops.roi_align`` (ONNX ``RoiAlign``);
+* RoIAlign as two matrix products per image (``separable_roi_align``), which onnxruntime runs
+  several times faster than its ``RoiAlign``;
 * detections padded to D = ``detections_per_image`` rows per image, with counts.
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ from torch import Tensor, nn
 
 from ..boxes import box_size, clip_boxes, decode_boxes
 from ..config import PreprocessConfig
+from ..roi import axis_weights
+from ..roi_align import roi_extents
 from ..rpn import gather_rows, objectness_logit
 
 # Stands in for "no limit" on the boxes NonMaxSuppression keeps per (batch, class).
@@ -58,12 +61,10 @@ def _size(tensor: Tensor, dim: int) -> Tensor:
     return torch._shape_as_tensor(tensor)[dim]
 
 
-def _at_most(k: int, tensor: Tensor, dim: int) -> Tensor | int:
-    """min(k, tensor.shape[dim]): an int in eager mode, a 0-dim tensor while tracing (so that
-    ``torch.topk`` keeps it a graph value)."""
-    if not torch.jit.is_tracing():
-        return min(k, tensor.shape[dim])
-    return torch.minimum(_size(tensor, dim), torch.tensor(k))
+def _as_count(value: Tensor) -> Tensor | int:
+    """A 0-dim int64 tensor as ``torch.topk``'s k: the tensor while tracing (a graph value), an
+    int otherwise."""
+    return value if torch.jit.is_tracing() else int(value)
 
 
 def resize_factor(height: Tensor, width: Tensor, config: PreprocessConfig) -> Tensor:
@@ -154,9 +155,25 @@ def grouped_nms(boxes: Tensor, scores: Tensor, groups: int, iou_threshold: float
     return kept > 0
 
 
-def top_rows(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def top_rows(values: Tensor, k: int | Tensor) -> tuple[Tensor, Tensor]:
     """The min(k, N) largest values (B, N) of each row, best first, and their columns."""
-    return torch.topk(values, _at_most(k, values, 1), dim=1)
+    return torch.topk(values, _as_count(torch.minimum(_size(values, 1), torch.as_tensor(k))), dim=1)
+
+
+def separable_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float,
+                        sampling_ratio: int, aligned: bool) -> Tensor:
+    """``torchvision.ops.roi_align`` of boxes (B, R, 4) on features (B, C, H, W) -> (B * R, C, S, S),
+    as the two matrix products of ``roi.dense_roi_align`` (unchunked: dynamic sizes trace)."""
+    channels = features.shape[1]
+    height, width = _size(features, 2), _size(features, 3)
+    starts, lengths = roi_extents(boxes.to(features.dtype), spatial_scale, aligned)
+    weights_y = axis_weights(starts[..., 1], lengths[..., 1], output_size, sampling_ratio, height)
+    weights_x = axis_weights(starts[..., 0], lengths[..., 0], output_size, sampling_ratio, width)
+    by_row = features.transpose(1, 2).flatten(2)  # (B, H, C W)
+    rows = torch.matmul(weights_y.flatten(1, 2), by_row)  # (B, R S, C W)
+    rows = rows.reshape(-1, output_size * channels, _size(features, 3))  # (B R, S C, W)
+    pooled = torch.matmul(rows, weights_x.flatten(0, 1).transpose(1, 2))  # (B R, S C, S)
+    return pooled.reshape(-1, output_size, channels, output_size).transpose(1, 2)
 
 
 class DetectorGraph(nn.Module):
@@ -248,7 +265,9 @@ class DetectorGraph(nn.Module):
         boxes = gather_rows(boxes, top)
         by_level = torch.where(levels[top][..., None] == torch.arange(num_levels), scores[..., None], -math.inf)
         kept = grouped_nms(boxes, by_level, num_levels, config.nms_threshold).any(dim=2) & valid
-        best = top_rows(torch.where(kept, scores, -math.inf), limits.post_nms_top_n)[1]
+        # P = the most proposals an image keeps (at least 1): the RoI head pools no empty columns.
+        most = torch.clamp(kept.sum(dim=1).max(), min=1)
+        best = top_rows(torch.where(kept, scores, -math.inf), torch.clamp(most, max=limits.post_nms_top_n))[1]
         return gather_rows(boxes, best), kept.gather(1, best)
 
     def detections(self, features: list[Tensor], boxes: Tensor, valid: Tensor, image_info: Tensor,
@@ -257,11 +276,8 @@ class DetectorGraph(nn.Module):
         model, config = self.model, self.model.config
         head = model.roi_head
         batch, count = boxes.shape[:2]
-        image_index = torch.zeros_like(boxes[..., :1]) + torch.arange(_size(boxes, 0)).to(boxes.dtype)[:, None, None]
-        rois = torch.cat((image_index, boxes), dim=2)
-        pooled = torchvision.ops.roi_align(features[0], rois.reshape(-1, 5), config.head.output_size,
-                                           head.pooler.scales[0], config.head.sampling_ratio,
-                                           aligned=config.head.aligned)
+        pooled = separable_roi_align(features[0], boxes, config.head.output_size, head.pooler.scales[0],
+                                     config.head.sampling_ratio, config.head.aligned)
         hidden = head.trunk(pooled)
         classes = model.num_classes
         logits = head.cls_score(hidden).view(batch, count, classes + 1)
