@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from frcnn.cli import main
 from frcnn.deploy.export import BOX_TOLERANCE, SCORE_TOLERANCE, check_parity, export_onnx, parity_images
 from frcnn.deploy.files import find_images
 from frcnn.deploy.graph import DetectorGraph, grouped_nms, resize_matrix
@@ -205,12 +206,11 @@ def test_frcnn_export_then_detect_with_onnxruntime_equals_the_checkpoint(workdir
 
 
 @pytest.mark.parametrize("args, message", [
-    (["export", "missing.pt"], "missing.pt"),
-    (["detect", "missing.onnx", "."], "missing.onnx"),
-    (["detect", "run/model_final.pt", "nowhere/*.jpg"], "no image files"),
+    (["export", "{dir}/missing.pt"], "missing.pt"),
+    (["detect", "{dir}/missing.onnx", "{dir}"], "missing.onnx"),
+    (["detect", "{dir}/run/model_final.pt", "{dir}/nowhere/*.jpg"], "no image files"),
 ])
-def test_command_errors_are_one_line(workdir, checkpoint, args, message) -> None:
-    result = frcnn(workdir, *args)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1 and len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"frcnn {args[0]}: error:") and message in lines[0]
+def test_command_errors_are_one_line(workdir, checkpoint, capsys, args, message) -> None:
+    assert main([arg.format(dir=workdir) for arg in args]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"frcnn {args[0]}: error:") and message in lines[0]
