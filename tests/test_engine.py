@@ -1,8 +1,12 @@
-"""The training engine: configuration, schedule, data order, checkpoints, resume and failure modes."""
+"""The training engine: configuration, schedule, data order, checkpoints, resume, failure modes,
+validation during training, the best checkpoint, early stopping and stopping by a signal."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,9 +15,12 @@ import pytest
 import torch
 
 from frcnn.data import SyntheticConfig, collate
-from frcnn.engine import (Budget, IterationBatchSampler, NonFiniteLossError, Progress, RunConfig, TrainConfig,
-                          Trainer, detector_losses, load_checkpoint, lr_factor, read_log, save_atomic,
-                          seed_everything)
+from frcnn.engine import (RESULTS_COLUMNS, Budget, Callback, IterationBatchSampler, NonFiniteLossError, Progress,
+                          RunConfig, TrainConfig, Trainer, TrainingInterrupted, detector_losses, load_checkpoint,
+                          lr_factor, read_log, read_results, save_atomic, seed_everything, standard_callbacks,
+                          training_state_kept, validation_losses)
+from frcnn.engine.inference import evaluate, json_safe
+from frcnn.engine.results import METRIC_COLUMNS
 from frcnn.engine.checkpoint import rng_state, set_rng_state
 from frcnn.model import FasterRCNN
 
@@ -53,14 +60,23 @@ def _forward_failing_at(call: int, failure: str):
     return forward
 
 
-def _train(config: RunConfig, out: Path, resume: bool = False, forward=detector_losses):
+def _train(config: RunConfig, out: Path, resume: bool = False, forward=detector_losses, validate: bool = False,
+           extra_callbacks: tuple[Callback, ...] = ()):
     seed_everything(config.train.seed)
     dataset = config.data.dataset("train")
     model = FasterRCNN(len(dataset.class_names), config=config.model)
     trainer = Trainer(model, dataset.with_transform(config.transform(training=True)), collate, config.train,
                       out, metadata={"config": config.to_dict(), "class_names": list(dataset.class_names)},
-                      device=torch.device("cpu"), forward=forward, progress_bar=False)
+                      device=torch.device("cpu"), forward=forward, progress_bar=False,
+                      val_dataset=config.data.dataset("val") if validate else None,
+                      val_transform=config.transform(training=False))
+    trainer.callbacks += extra_callbacks
     return trainer.run(resume=resume), model
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
 
 
 # ---------------------------------------------------------------- configuration
@@ -194,14 +210,15 @@ def test_resumed_run_ends_with_the_same_weights(tiny_config: RunConfig, tmp_path
     straight, straight_model = _train(tiny_config, tmp_path / "straight")
     with pytest.raises(_Interrupted):
         _train(tiny_config, tmp_path / "stopped", forward=_forward_failing_at(3, "interrupt"))
-    assert load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["progress"]["iteration"] == 2
+    progress = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["progress"]
+    assert progress["iteration"] == 2
+    assert round(progress["elapsed_s"], 2) == read_log(tmp_path / "stopped" / "log.jsonl")[1]["elapsed_s"]
     resumed, resumed_model = _train(tiny_config, tmp_path / "stopped", resume=True)
     assert straight.iterations == resumed.iterations == 4
-    for (name, a), b in zip(straight_model.state_dict().items(), resumed_model.state_dict().values()):
-        assert torch.equal(a, b), name
-    assert [r["iter"] for r in read_log(resumed.log)] == [1, 2, 3, 4]
-    losses = [r["loss"] for r in read_log(straight.log)]
-    assert losses == [r["loss"] for r in read_log(resumed.log)]
+    _same_weights(straight_model, resumed_model)
+    assert [r["iter"] for r in read_log(tmp_path / "stopped" / "log.jsonl")] == [1, 2, 3, 4]
+    losses = [r["loss"] for r in read_log(tmp_path / "straight" / "log.jsonl")]
+    assert losses == [r["loss"] for r in read_log(tmp_path / "stopped" / "log.jsonl")]
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config: RunConfig,
@@ -222,4 +239,158 @@ def test_a_time_budget_stops_the_run_and_writes_the_final_files(tiny_config: Run
     final = load_checkpoint(result.final_model)
     assert final["class_names"] == list(config.data.dataset("train").class_names)
     assert RunConfig.from_dict(final["config"]) == config
-    assert result.loss_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert final["progress"]["elapsed_s"] == result.elapsed_s
+    assert load_checkpoint(result.checkpoint)["progress"] == final["progress"]
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- validation, best checkpoint, stopping
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PICTURES = ("results.png", "PR_curve.png", "F1_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
+            "labels.png", "train_batch0.png", "val_batch0_labels.png", "val_batch0_pred.png", "loss.png")
+TRAIN_TAGS = {f"train/{key}" for key in ("loss", "rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box", "lr", "images_per_s")}
+VAL_TAGS = {f"val/{key}" for key in ("val_loss", "val_rpn_cls", "val_rpn_box", "val_rcnn_cls", "val_rcnn_box",
+                                     "voc07_map", "voc_map", "coco_ap", "coco_ap50", "coco_ap75", "rpn_recall@300")}
+
+
+def _with_train(config: RunConfig, **values) -> RunConfig:
+    return replace(config, train=replace(config.train, **values))
+
+
+class _Recorder(Callback):
+    """Records the hooks called, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def __getattribute__(self, name: str):
+        if name.startswith("on_"):
+            return lambda trainer, *args: self.calls.append((name, trainer.progress.iteration))
+        return super().__getattribute__(name)
+
+
+def test_train_config_refuses_unknown_best_metrics_and_zero_patience() -> None:
+    with pytest.raises(ValueError, match="train.best_metric must be one of voc07_map"):
+        TrainConfig(best_metric="accuracy")
+    with pytest.raises(ValueError, match="train.patience"):
+        TrainConfig(patience=0)
+    with pytest.raises(ValueError, match="needs a validation set"):
+        standard_callbacks(TrainConfig(patience=2), None, None)
+
+
+def test_evaluation_does_not_change_the_training_state() -> None:
+    seed_everything(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5))
+    model.train()
+    model[2].eval()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    expected = torch.get_rng_state()
+    with training_state_kept(model):
+        model.train()
+        model(torch.randn(2, 3, 8, 8))
+        model.eval()
+    assert torch.equal(torch.get_rng_state(), expected)
+    assert [m.training for m in model] == [True, True, False]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_validation_writes_the_run_folder_and_leaves_training_alone(tiny_config: RunConfig, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _with_train(tiny_config, eval_every=2, eval_images=3, best_metric="val_loss")
+    recorder = _Recorder()
+    result, model = _train(config, tmp_path / "run", validate=True, extra_callbacks=(recorder,))
+    _, plain = _train(config, tmp_path / "plain")
+    _same_weights(model, plain)
+
+    out = tmp_path / "run"
+    rows = read_results(out / "results.csv")
+    assert (out / "results.csv").read_text().splitlines()[0] == ",".join(RESULTS_COLUMNS)
+    assert [row["iter"] for row in rows] == [2, 4]
+    log = read_log(out / "log.jsonl")
+    for row, records in zip(rows, (log[:2], log[2:])):
+        for key in ("loss", "rpn_cls", "rcnn_box"):
+            assert row[key] == pytest.approx(sum(r[key] for r in records) / 2, rel=1e-12)
+        assert row["lr"] == records[-1]["lr"] and row["elapsed_s"] == records[-1]["elapsed_s"]
+    val_set = config.data.dataset("val")
+    subset = replace(val_set, annotations=val_set.annotations[:3])
+    transform, cpu = config.transform(training=False), torch.device("cpu")
+    final_losses = validation_losses(model, subset, transform, detector_losses, cpu, 2, 0)
+    assert {key: rows[-1][key] for key in final_losses} == final_losses
+    on_subset, _ = evaluate(model, subset, transform, cpu, 2)
+    assert {key: rows[-1][key] for key in METRIC_COLUMNS} == {key: on_subset[key] for key in METRIC_COLUMNS}
+    on_whole, _ = evaluate(model, val_set, transform, cpu, 2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == {"checkpoint": "model_final.pt", "iteration": 4, "images": 4, **json_safe(on_whole)}
+    assert result.metrics == on_whole
+
+    best = load_checkpoint(out / "model_best.pt")
+    best_row = min(rows, key=lambda row: row["val_loss"])
+    assert best["best"] == {"metric": "val_loss", "value": best_row["val_loss"], "iteration": best_row["iter"]}
+    best_model = FasterRCNN(len(val_set.class_names), config=config.model)
+    best_model.load_state_dict(best["model"])
+    again = validation_losses(best_model, subset, transform, detector_losses, cpu, 2, 0)
+    assert again["val_loss"] == best_row["val_loss"]
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == TRAIN_TAGS | VAL_TAGS
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.value for e in events.Scalars("val/val_loss")] == pytest.approx([row["val_loss"] for row in rows])
+    assert [e.step for e in events.Scalars("val/voc07_map")] == [2, 4]
+    for name in PICTURES:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+
+    hooks = [name for name, _ in recorder.calls]
+    assert hooks[:3] == ["on_train_start", "on_step_start", "on_log"] and hooks[-3:] == ["on_train_end", "on_checkpoint", "on_close"]
+    assert [i for name, i in recorder.calls if name == "on_evaluation"] == [2, 4]
+    assert [i for name, i in recorder.calls if name == "on_checkpoint"] == [2, 4, 4]
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(tiny_config: RunConfig,
+                                                                        tmp_path: Path) -> None:
+    config = _with_train(tiny_config, lr=0.0, eval_every=1, patience=2, max_iters=20)
+    result, _ = _train(config, tmp_path, validate=True)
+    assert result.iterations == 3 and "did not improve" in result.stop_reason
+    rows = read_results(tmp_path / "results.csv")
+    assert [row["iter"] for row in rows] == [1, 2, 3]
+    assert len({row["val_loss"] for row in rows}) == 1
+    assert load_checkpoint(tmp_path / "model_best.pt")["best"]["iteration"] == 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["iteration"] == 3
+
+
+def _signalling_at(call: int, number: int):
+    """The detector's forward, sending this process ``number`` during call number ``call``."""
+    calls = [0]
+
+    def forward(model, batch):
+        calls[0] += 1
+        if calls[0] == call:
+            os.kill(os.getpid(), number)
+        return detector_losses(model, batch)
+
+    return forward
+
+
+def test_a_signal_stops_after_the_step_and_the_resumed_run_is_the_same(tiny_config: RunConfig,
+                                                                       tmp_path: Path) -> None:
+    config = _with_train(tiny_config, max_iters=6, eval_every=3, log_every=2, checkpoint_every=100)
+    _, straight = _train(config, tmp_path / "straight", validate=True)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM after iteration 3") as stopped:
+        _train(config, tmp_path / "stopped", validate=True, forward=_signalling_at(3, signal.SIGTERM))
+    assert stopped.value.exit_status == 143
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    checkpoint = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert checkpoint["progress"]["iteration"] == 3
+    assert not (tmp_path / "stopped" / "results.csv").exists()  # the evaluation due at 3 waits for the resume
+    _, resumed = _train(config, tmp_path / "stopped", resume=True, validate=True)
+    _same_weights(straight, resumed)
+    expected, got = (read_results(tmp_path / name / "results.csv") for name in ("straight", "stopped"))
+    assert [row["iter"] for row in got] == [3, 6]
+    for a, b in zip(expected, got):
+        assert {k: v for k, v in a.items() if k != "elapsed_s"} == {k: v for k, v in b.items() if k != "elapsed_s"}
+    expected, got = ([{k: v for k, v in r.items() if k not in ("elapsed_s", "images_per_s")}
+                      for r in read_log(tmp_path / name / "log.jsonl")] for name in ("straight", "stopped"))
+    assert [r["iter"] for r in got] == [2, 4, 6] and got == expected

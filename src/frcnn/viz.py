@@ -1,12 +1,13 @@
-"""Pictures: detections, the anchor target layer on an image, and loss curves, drawn with PIL.
+"""Pictures of images, drawn with PIL: detections, the anchor target layer on an image, and
+mosaics of a batch with its boxes (charts are in ``frcnn.plots``).
 
 Images are uint8 tensors (3, H, W); boxes are (x1, y1, x2, y2) in that image's pixels.
 """
 from __future__ import annotations
 
-import math
+import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -14,7 +15,7 @@ from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor, resize, to_pil_image
 from torchvision.utils import draw_bounding_boxes
 
-# Distinct colours for classes (cycled) and for the curves of a plot.
+# Distinct colours for classes (cycled), in pictures and charts.
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
            "#800000", "#469990", "#000075", "#808000")
 # The anchor picture: one colour per role.
@@ -30,10 +31,16 @@ def font(size: int = 14) -> ImageFont.ImageFont:
 
 
 def save_png(image: Tensor, path: str | Path) -> Path:
-    """Write a uint8 image (3, H, W) as PNG, creating the folder."""
+    """Write a uint8 image (3, H, W) as PNG, creating the folder: to a temporary file beside
+    ``path``, then renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil_image(image.cpu()).save(path, format="PNG")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        to_pil_image(image.cpu()).save(temporary, format="PNG")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -79,15 +86,16 @@ def _wrap(text: str, text_font: ImageFont.ImageFont, width: int) -> list[str]:
     return lines
 
 
-def draw_detections(image: Tensor, boxes: Tensor, labels: Tensor, scores: Tensor,
+def draw_detections(image: Tensor, boxes: Tensor, labels: Tensor, scores: Tensor | None,
                     class_names: Sequence[str]) -> Tensor:
-    """Detections drawn on ``image``: one colour per class, each box captioned "name score".
+    """Boxes drawn on ``image``: one colour per class, each captioned "name score" (or "name"
+    when ``scores`` is None, for ground truth).
 
     ``labels`` are 1..C; ``class_names[label - 1]`` names them.
     """
     label_list = [int(v) for v in labels.tolist()]
-    captions = [f"{_class_name(class_names, label)} {float(score):.2f}"
-                for label, score in zip(label_list, scores.tolist())]
+    names = [_class_name(class_names, label) for label in label_list]
+    captions = names if scores is None else [f"{name} {float(score):.2f}" for name, score in zip(names, scores.tolist())]
     colours = [PALETTE[(label - 1) % len(PALETTE)] for label in label_list]
     return draw_boxes(image, boxes, colours, captions)
 
@@ -113,111 +121,6 @@ def draw_anchor_targets(image: Tensor, gt_boxes: Tensor, gt_names: Sequence[str]
     return with_title(drawn, title, size=16)
 
 
-def plot_curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, title: str = "",
-                xlabel: str = "iteration", size: tuple[int, int] = (900, 540)) -> Path:
-    """A line plot of named (x, y) series as a PNG: axes with ticks, one colour per series, a legend.
-
-    The y axis starts at 0 (or the smallest value, if negative) and ends at the largest value, but
-    at most 1.5 times the largest after the first tenth of the points, so that early spikes do
-    not flatten the rest (they are cut at the top).
-    """
-    series = {name: [(float(x), float(y)) for x, y in points if math.isfinite(y)]
-              for name, points in series.items()}
-    series = {name: points for name, points in series.items() if points}
-    width, height = size
-    left, right, top, bottom = 70, 20, 40, 50
-    canvas = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(canvas)
-    text_font = font(13)
-    draw.text((left, 12), title, fill="black", font=font(16))
-    plot_box = (left, top, width - right, height - bottom)
-    draw.rectangle(plot_box, outline="black")
-    if not series:
-        draw.text((left + 10, top + 10), "no data", fill="black", font=text_font)
-        return _save_canvas(canvas, path)
-    x_range, y_range = _plot_ranges(series)
-    to_px = _mapper(x_range, y_range, plot_box)
-    _draw_ticks(draw, x_range, y_range, to_px, plot_box, text_font)
-    draw.text(((left + width - right) // 2 - 25, height - 22), xlabel, fill="black", font=text_font)
-    for index, (name, points) in enumerate(series.items()):
-        colour = PALETTE[index % len(PALETTE)]
-        pixels = [to_px(x, min(y, y_range[1])) for x, y in points]
-        if len(pixels) > 1:
-            draw.line(pixels, fill=colour, width=2)
-        else:
-            x, y = pixels[0]
-            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-        legend_y = top + 8 + 18 * index
-        draw.line((width - right - 150, legend_y + 7, width - right - 125, legend_y + 7), fill=colour, width=3)
-        draw.text((width - right - 118, legend_y), name, fill="black", font=text_font)
-    return _save_canvas(canvas, path)
-
-
-def _save_canvas(canvas: Image.Image, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
-    return path
-
-
-def _plot_ranges(series: Mapping[str, list[tuple[float, float]]]) -> tuple[tuple[float, float], tuple[float, float]]:
-    xs = [x for points in series.values() for x, _ in points]
-    values = [y for points in series.values() for _, y in points]
-    late = [y for points in series.values() for _, y in points[len(points) // 10:]]
-    low = min(0.0, min(values))
-    high = min(max(values), 1.5 * max(late))
-    if high <= low:
-        high = low + 1.0
-    x_low, x_high = min(xs), max(xs)
-    if x_high <= x_low:
-        x_high = x_low + 1.0
-    return (x_low, x_high), (low, high * 1.05)
-
-
-def _mapper(x_range: tuple[float, float], y_range: tuple[float, float], box: tuple[int, int, int, int]):
-    left, top, right, bottom = box
-
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        fx = (x - x_range[0]) / (x_range[1] - x_range[0])
-        fy = (y - y_range[0]) / (y_range[1] - y_range[0])
-        return left + fx * (right - left), bottom - fy * (bottom - top)
-
-    return to_px
-
-
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values in [low, high]: multiples of the step of 1, 2, 2.5 or 5
-    times a power of ten closest to (high - low) / count."""
-    raw = (high - low) / count
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = min((power * m for m in (1.0, 2.0, 2.5, 5.0, 10.0)), key=lambda s: abs(math.log(s / raw)))
-    first = math.ceil(low / step - 1e-9)
-    return [round(k * step, 12) for k in range(first, math.floor(high / step + 1e-9) + 1)]
-
-
-def _draw_ticks(draw: ImageDraw.ImageDraw, x_range: tuple[float, float], y_range: tuple[float, float],
-                to_px, box: tuple[int, int, int, int], text_font: ImageFont.ImageFont) -> None:
-    """Round ticks with labels on both axes, and faint grid lines."""
-    left, top, right, bottom = box
-    for x in nice_ticks(*x_range):
-        px, _ = to_px(x, y_range[0])
-        draw.line((px, top, px, bottom), fill="#e8e8e8")
-        draw.line((px, bottom, px, bottom + 4), fill="black")
-        draw.text((px - 12, bottom + 6), f"{x:g}", fill="black", font=text_font)
-    for y in nice_ticks(*y_range):
-        _, py = to_px(x_range[0], y)
-        draw.line((left, py, right, py), fill="#e8e8e8")
-        draw.line((left - 4, py, left, py), fill="black")
-        draw.text((6, py - 7), f"{y:g}", fill="black", font=text_font)
-    draw.rectangle(box, outline="black")
-
-
-def plot_loss_log(records: Sequence[Mapping[str, float]], keys: Sequence[str], path: str | Path) -> Path:
-    """The loss curves of a training log (records with "iter" and each of ``keys``) as a PNG."""
-    series = {key: [(record["iter"], record[key]) for record in records if key in record] for key in keys}
-    return plot_curves(series, path, title="training losses")
-
-
 def image_to_uint8(image: Tensor, mean: Sequence[float], std: Sequence[float], pixel_scale: float = 1.0) -> Tensor:
     """Undo a per-channel normalisation ``(pixels / pixel_scale - mean) / std`` of a (3, H, W)
     image: the uint8 picture it came from."""
@@ -225,3 +128,26 @@ def image_to_uint8(image: Tensor, mean: Sequence[float], std: Sequence[float], p
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
     pixels = (image.detach().float().cpu() * std_t + mean_t) * pixel_scale
     return pixels.round().clamp(0, 255).to(torch.uint8)
+
+
+def batch_picture(images: Sequence[Tensor], boxes: Sequence[Tensor], labels: Sequence[Tensor],
+                  class_names: Sequence[str], scores: Sequence[Tensor] | None = None, title: str = "",
+                  height: int = 256, columns: int = 4, gap: int = 4) -> Tensor:
+    """Images with their boxes (``draw_detections``), each resized to ``height`` pixels high,
+    in rows of ``columns`` on white, below ``title``. Per image: boxes (n, 4) in its pixels,
+    labels (n,), scores (n,) or none."""
+    tiles = []
+    for index, image in enumerate(images):
+        factor = height / image.shape[-2]
+        resized = resize(image, [height, max(1, round(image.shape[-1] * factor))], antialias=True)
+        tiles.append(draw_detections(resized, boxes[index].float() * factor, labels[index],
+                                     None if scores is None else scores[index], class_names))
+    rows = [tiles[start:start + columns] for start in range(0, len(tiles), columns)]
+    width = max(sum(tile.shape[-1] for tile in row) + gap * (len(row) - 1) for row in rows)
+    canvas = torch.full((3, len(rows) * height + gap * (len(rows) - 1), width), 255, dtype=torch.uint8)
+    for row_index, row in enumerate(rows):
+        x, y = 0, row_index * (height + gap)
+        for tile in row:
+            canvas[:, y:y + height, x:x + tile.shape[-1]] = tile
+            x += tile.shape[-1] + gap
+    return with_title(canvas, title) if title else canvas

@@ -16,7 +16,6 @@ from ..engine import RunConfig
 from ..model import FasterRCNN
 from ..pretrained import build_model, read_checkpoint
 
-METRICS_NAME = "metrics.json"
 CONFIG_NAME = "config.yaml"
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

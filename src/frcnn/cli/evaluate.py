@@ -6,10 +6,11 @@ from dataclasses import replace
 from typing import Any
 
 from .. import engine
-from ..data import SPEC_HELP
+from ..data import SPEC_HELP, DetectionDataset
 from ..engine import RunConfig
-from ..evaluation import evaluate_detections, read_results_json, write_results_json
-from .common import HelpFormatter, device_option, load_model, print_metrics
+from ..evaluation import Detections, evaluate_detections, read_results_json, write_results_json
+from ..plots import PLOT_NAMES, plot_evaluation
+from .common import HelpFormatter, device_option, load_model, print_metrics, say
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -34,6 +35,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-detections", metavar="RESULTS.json",
                         help="also write the checkpoint's detections as a COCO-style results file "
                              "(default: none)")
+    parser.add_argument("--plots", metavar="DIR",
+                        help="also write the precision-recall and F1 curves and the confusion matrices "
+                             f"({', '.join(PLOT_NAMES)}) to DIR (default: none)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="images per batch (default: the "
                         f"configuration's train.eval_batch_size, {engine.TrainConfig().eval_batch_size})")
     device_option(parser)
@@ -62,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.save_detections:
         write_results_json(args.save_detections, dataset, predictions.detections)
     print_metrics(metrics, dataset.class_names, args.json)
+    if args.plots:
+        _write_plots(args.plots, dataset, predictions.detections)
     return 0
 
 
@@ -72,6 +78,15 @@ def _eval_results_file(args: argparse.Namespace) -> int:
         raise ValueError("give either a CHECKPOINT or --detections, not both")
     data = RunConfig().with_assignments(args.set).data
     dataset = replace(data, val=args.data, val_split=args.split or data.val_split).dataset("val")
-    metrics = evaluate_detections(dataset, read_results_json(args.detections, dataset))
+    detections = read_results_json(args.detections, dataset)
+    metrics = evaluate_detections(dataset, detections)
     print_metrics(metrics, dataset.class_names, args.json)
+    if args.plots:
+        _write_plots(args.plots, dataset, detections)
     return 0
+
+
+def _write_plots(folder: str, dataset: DetectionDataset, detections: Detections) -> None:
+    paths, f1 = plot_evaluation(dataset, detections, folder)
+    say(f"wrote {', '.join(map(str, paths.values()))} (the confusion matrices at the F1-best score threshold "
+        f"{f1.best_threshold:.3f})")

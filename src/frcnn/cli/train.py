@@ -13,8 +13,8 @@ from ..data import SPEC_HELP, DetectionDataset, collate
 from ..data.report import data_report, summary
 from ..engine import RunConfig
 from ..pretrained import init_weights, read_checkpoint
-from .common import (CONFIG_NAME, METRICS_NAME, HelpFormatter, config_options, device_option, format_metrics,
-                     layered_config, new_model, say, write_json)
+from .common import (CONFIG_NAME, HelpFormatter, config_options, device_option, format_metrics, layered_config,
+                     new_model, say)
 
 DEFAULT_OUT = "runs/train"
 
@@ -23,9 +23,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "train", parents=[common], formatter_class=HelpFormatter,
         help="train a detector (default: on the synthetic data)",
-        description="Train a Faster R-CNN, evaluate it on the validation split and print the metrics.\n"
-                    "Writes to --out: checkpoint.pt (resumable), model_final.pt, config.yaml, log.jsonl,\n"
-                    "loss.png and metrics.json. Distributed: torchrun --nproc_per_node N -m frcnn train ...")
+        description="Train a Faster R-CNN, evaluating it on the validation split while it trains and at the\n"
+                    "end, and print the final metrics. Writes to --out: checkpoint.pt (resumable), model_final.pt,\n"
+                    "model_best.pt, config.yaml, log.jsonl, loss.png, results.csv, results.png, metrics.json,\n"
+                    "TensorBoard events and the pictures of docs/train.md. Ctrl-C (or SIGTERM) stops after the\n"
+                    "current step with a checkpoint (exit 130 / 143). Distributed: torchrun --nproc_per_node N\n"
+                    "-m frcnn train ...")
     parser.add_argument("--data", metavar="SPEC",
                         help=f"training data: {SPEC_HELP} (default: synthetic, or the configuration's "
                              "data.train)")
@@ -57,7 +60,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="continue the run in --out from its checkpoint.pt, with the configuration "
                              "stored there (options given here still apply) (default: start afresh)")
     parser.add_argument("--no-eval", action="store_true",
-                        help="skip the evaluation at the end (default: evaluate)")
+                        help="skip the evaluations while training and at the end (default: evaluate, see "
+                             "train.eval_every, train.eval_minutes, train.eval_images)")
     device_option(parser)
     parser.set_defaults(handler=run)
 
@@ -102,18 +106,21 @@ def run(args: argparse.Namespace) -> int:
         trainer = engine.Trainer(
             model, train_set.with_transform(config.transform(training=True)),
             _collate_for(config), config.train, out, device=device, context=context,
-            metadata={"config": config.to_dict(), "class_names": list(train_set.class_names)})
-        result = trainer.run(resume=args.resume)
+            metadata={"config": config.to_dict(), "class_names": list(train_set.class_names)},
+            val_dataset=val_set, val_transform=config.transform(training=False))
+        try:
+            result = trainer.run(resume=args.resume)
+        except engine.TrainingInterrupted as stopped:
+            if context.is_main:
+                say(f"frcnn train: {stopped}")
+            return stopped.exit_status
         if not context.is_main:
             return 0
-        say(f"trained {result.iterations} iterations in {result.elapsed_s / 60:.1f} min; "
-             f"wrote {result.final_model}, {result.log}, {result.loss_plot}")
-        if not args.no_eval:
-            metrics, _ = engine.evaluate(model, val_set, config.transform(training=False),
-                                         device, config.train.eval_batch_size, progress_bar=True)
-            write_json(out / METRICS_NAME, engine.json_safe(metrics))
-            print(format_metrics(metrics, val_set.class_names))
-            say(f"wrote {out / METRICS_NAME}")
+        if result.stop_reason:
+            say(result.stop_reason)
+        say(f"trained {result.iterations} iterations in {result.elapsed_s / 60:.1f} min; wrote {out}")
+        if result.metrics is not None:
+            print(format_metrics(result.metrics, train_set.class_names))
         say(f"total time {(time.perf_counter() - started) / 60:.1f} min")
         return 0
     finally:

@@ -76,13 +76,13 @@ def all_gather_objects(value: Any, context: DistContext) -> list[Any]:
     return gathered
 
 
-def broadcast_flag(flag: bool, context: DistContext, device: torch.device) -> bool:
-    """Rank 0's ``flag``, on every rank."""
+def broadcast_code(code: int, context: DistContext, device: torch.device) -> int:
+    """Rank 0's integer ``code``, on every rank."""
     if not context.distributed:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+        return code
+    tensor = torch.tensor([code], dtype=torch.int64, device=device)
     dist.broadcast(tensor, src=0)
-    return bool(tensor.item())
+    return int(tensor.item())
 
 
 def average(values: torch.Tensor, context: DistContext) -> torch.Tensor:

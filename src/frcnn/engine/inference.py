@@ -64,10 +64,14 @@ def evaluate(model: nn.Module, dataset: DetectionDataset, transform: DetectionTr
     """Detection metrics (``evaluate_detections``) and RPN recall of ``model`` on ``dataset``."""
     predictions = predict(model, dataset, transform, device, batch_size, proposals=True,
                           progress_bar=progress_bar)
+    return prediction_metrics(model, dataset, predictions), predictions
+
+
+def prediction_metrics(model: nn.Module, dataset: DetectionDataset, predictions: Predictions) -> dict[str, float]:
+    """The metrics of ``evaluate`` from ``model``'s predictions (with proposals) on ``dataset``."""
     metrics = evaluate_detections(dataset, predictions.detections)
-    max_proposals = model.config.proposals.test.post_nms_top_n
-    metrics.update(proposal_metrics(dataset, predictions.proposals, max_proposals))
-    return metrics, predictions
+    metrics.update(proposal_metrics(dataset, predictions.proposals, model.config.proposals.test.post_nms_top_n))
+    return metrics
 
 
 def json_safe(metrics: Mapping[str, float]) -> dict[str, float | None]:

@@ -15,6 +15,7 @@ import yaml
 from ..config import ModelConfig, from_plain, to_plain
 from ..data import (DetectionDataset, DetectionTransform, ReadOptions, SyntheticConfig, build_dataset,
                     resolve_class_names)
+from .results import VALIDATION_COLUMNS
 
 SCHEDULES = ("cosine", "step")
 
@@ -30,12 +31,19 @@ def _require(owner: str, name: str, value: object, ok: bool, expected: str) -> N
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train: optimiser, schedule, budget, logging and checkpointing.
+    """How to train: optimiser, schedule, budget, logging, checkpointing and validation.
 
     The budget is the first reached of ``max_iters``, ``epochs`` (passes over the training set,
     fractions allowed) and ``max_minutes`` of training; null disables a limit, and at least one
     must be set. ``lr_steps`` are the fractions of the budget at which the step schedule
     multiplies the rate by ``gamma``. ``batch_size`` is per process.
+
+    Validation during training (docs/train.md): every ``eval_every`` iterations (null: once per
+    epoch) and, with a time budget, at least every ``eval_minutes`` of training (null: no time
+    trigger), on the first ``eval_images`` images of the validation split (null: all of them),
+    and at the end; metrics.json scores the final weights on the whole split. ``best_metric``
+    (a validation column of results.csv; losses count lower as better) chooses model_best.pt;
+    ``patience`` evaluations without improvement stop the run (null: never).
     """
 
     batch_size: int = 4
@@ -57,6 +65,11 @@ class TrainConfig:
     checkpoint_every: int = 500
     num_workers: int = 0
     eval_batch_size: int = 2
+    eval_every: int | None = None
+    eval_minutes: float | None = 3.0
+    eval_images: int | None = 100
+    best_metric: str = "voc07_map"
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         def require(name: str, ok: bool, expected: str) -> None:
@@ -70,8 +83,9 @@ class TrainConfig:
             require(name, is_int(name, 1), "an integer >= 1")
         for name in ("warmup_iters", "num_workers", "seed"):
             require(name, is_int(name, 0), "an integer >= 0")
-        require("max_iters", self.max_iters is None or is_int("max_iters", 1), "an integer >= 1 or null")
-        for name in ("epochs", "max_minutes", "clip_grad_norm"):
+        for name in ("max_iters", "eval_every", "eval_images", "patience"):
+            require(name, getattr(self, name) is None or is_int(name, 1), "an integer >= 1 or null")
+        for name in ("epochs", "max_minutes", "clip_grad_norm", "eval_minutes"):
             value = getattr(self, name)
             require(name, value is None or (_is_number(value) and value > 0), "a number > 0 or null")
         if self.epochs is None and self.max_iters is None and self.max_minutes is None:
@@ -80,6 +94,7 @@ class TrainConfig:
             require(name, _is_number(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
         require("amp", isinstance(self.amp, bool), "true or false")
         require("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
+        require("best_metric", self.best_metric in VALIDATION_COLUMNS, f"one of {', '.join(VALIDATION_COLUMNS)}")
         steps = self.lr_steps
         require("lr_steps", isinstance(steps, Sequence) and all(_is_number(s) and 0 < s < 1 for s in steps)
                 and list(steps) == sorted(steps), "increasing fractions of the budget, each in (0, 1)")

@@ -1,4 +1,5 @@
-"""The training loop: budgeted, logged, checkpointed, resumable, optionally distributed.
+"""The training loop: budgeted, checkpointed, resumable, stoppable by a signal, optionally
+distributed; everything it reports (log, progress bar, evaluations, pictures) is a callback.
 
 A run is budgeted by iterations (``max_iters`` / ``epochs``), by wall-clock time (``max_minutes``)
 or both; the learning rate follows the fraction of that budget used, so a time-budgeted run ends
@@ -7,34 +8,35 @@ and a run stopped and resumed from a checkpoint ends with the same weights as on
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from ..data import Batch
-from ..viz import plot_loss_log
+from ..data import Batch, DetectionDataset, DetectionTransform
+from .callbacks import standard_callbacks
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_atomic, seed_everything, set_rng_state
-from .distributed import DistContext, all_gather_objects, average, barrier, broadcast_flag
+from .distributed import DistContext, all_gather_objects, average, barrier, broadcast_code
+from .hooks import Callback
+from .run_folder import CHECKPOINT_NAME, FINAL_NAME
 from .sampler import IterationBatchSampler, SeededItems
 from .schedule import Budget, Progress, build_optimizer, lr_factor
 from .settings import TrainConfig
 
-CHECKPOINT_NAME = "checkpoint.pt"
-FINAL_NAME = "model_final.pt"
-LOG_NAME = "log.jsonl"
-LOSS_PLOT_NAME = "loss.png"
-# Log fields that are not losses.
-_NOT_LOSSES = ("iter", "epoch", "elapsed_s", "images_per_s", "lr")
+if TYPE_CHECKING:
+    from .validation import Evaluation
+
+# Why the loop stops: go on, the budget or a callback ended the run; a signal number otherwise.
+_GO_ON, _FINISH = 0, -1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Forward = Callable[[nn.Module, Any], Mapping[str, Tensor]]
 
@@ -47,6 +49,18 @@ class NonFiniteLossError(TrainingError):
     """A loss became NaN or infinite; the message names the iteration and the losses."""
 
 
+class TrainingInterrupted(TrainingError):
+    """SIGINT or SIGTERM stopped the run after a step; ``checkpoint`` holds it for a resume.
+    ``exit_status``: 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signal_number: int, iteration: int, checkpoint: Path) -> None:
+        name = signal.Signals(signal_number).name
+        super().__init__(f"stopped by {name} after iteration {iteration}; wrote {checkpoint} "
+                         "(--resume continues the run)")
+        self.exit_status = 128 + signal_number
+        self.checkpoint = checkpoint
+
+
 def detector_losses(model: nn.Module, batch: Batch) -> Mapping[str, Tensor]:
     """The detector's training call on a collated batch (already on the model's device)."""
     return model(batch.images, batch.im_info, batch.gt_boxes, batch.num_boxes,
@@ -55,22 +69,23 @@ def detector_losses(model: nn.Module, batch: Batch) -> Mapping[str, Tensor]:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where a finished run stopped and the files it wrote."""
+    """Where a finished run stopped and the files it wrote. ``metrics``: the final evaluation, of
+    the whole validation split (None without one); ``stop_reason``: why a callback ended the run
+    early."""
 
     iterations: int
     elapsed_s: float
     checkpoint: Path
     final_model: Path
-    log: Path
-    loss_plot: Path | None
+    metrics: dict[str, float] | None
+    stop_reason: str | None
 
 
 @dataclass
-class _LossMeter:
-    """Loss sums since the last log record, and exponential averages for the progress bar."""
+class LossMeter:
+    """Loss sums since the last log record, and the images and seconds they took."""
 
     sums: dict[str, float] = field(default_factory=dict)
-    smooth: dict[str, float] = field(default_factory=dict)
     steps: int = 0
     images: int = 0
     seconds: float = 0.0
@@ -78,47 +93,16 @@ class _LossMeter:
     def add(self, values: Mapping[str, float], images: int, seconds: float) -> None:
         for key, value in values.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
-            self.smooth[key] = value if key not in self.smooth else 0.9 * self.smooth[key] + 0.1 * value
         self.steps += 1
         self.images += images
         self.seconds += seconds
 
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
-
     def flush(self) -> dict[str, float]:
         """The means since the last flush, and images per second; then start over."""
         means = {key: total / self.steps for key, total in self.sums.items()}
-        means["images_per_s"] = self.images_per_s()
+        means["images_per_s"] = self.images / self.seconds if self.seconds > 0 else 0.0
         self.sums, self.steps, self.images, self.seconds = {}, 0, 0, 0.0
         return means
-
-
-class _Log:
-    """The JSON-lines log of a run. A fresh run starts it empty; a resumed one keeps the
-    records up to the checkpoint's iteration."""
-
-    def __init__(self, path: Path, keep_through: int | None) -> None:
-        self.path = path
-        records = read_log(path) if keep_through is not None and path.exists() else []
-        self.records = [r for r in records if r.get("iter", 0) <= (keep_through or 0)]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines log."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def plot_losses(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """The loss curves of a log as a PNG."""
-    keys = [key for key in (records[0] if records else {}) if key not in _NOT_LOSSES]
-    return plot_loss_log(records, keys, path)
 
 
 def _orientation_groups(dataset: Dataset) -> list[int]:
@@ -128,19 +112,41 @@ def _orientation_groups(dataset: Dataset) -> list[int]:
     return [0] * len(dataset)
 
 
+def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
+    """A name per callback for its state in the checkpoint: its class name, numbered from the
+    second of a class on."""
+    seen: dict[str, int] = {}
+    keys = []
+    for callback in callbacks:
+        name = type(callback).__name__
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
 class Trainer:
     """One training run of ``model`` on ``dataset``, writing to ``out_dir`` (rank 0 only).
 
     ``forward(model, batch)`` returns the dict of scalar losses whose sum is minimised (the
     detector's training call by default). ``metadata`` (config, class names) goes into every
-    checkpoint. Call ``seed_everything(config.seed)`` before making the model, so that its
+    checkpoint. ``val_dataset`` (untransformed) and ``val_transform``: the validation during
+    training (``TrainConfig.eval_*``). ``callbacks``: what the run reports and decides besides
+    training (default ``standard_callbacks``); the list ``trainer.callbacks`` may be changed
+    before ``run``. Call ``seed_everything(config.seed)`` before making the model, so that its
     initial weights follow the seed too.
+
+    What callbacks see: ``config``, ``out_dir``, ``model`` (never the distributed wrapper),
+    ``dataset``, ``device``, ``context``, ``progress``, ``budget``, ``resumed``, ``epoch``,
+    ``step_seconds`` (of the last step), ``last_evaluation``, ``final_evaluation`` (set at the end
+    by the ``Evaluator``); ``stop(reason)`` ends the run after the current step as a normal run ends.
     """
 
     def __init__(self, model: nn.Module, dataset: Dataset, collate_fn: Callable, config: TrainConfig,
                  out_dir: str | Path, *, metadata: Mapping[str, Any], device: torch.device,
                  forward: Forward = detector_losses, context: DistContext | None = None,
-                 progress_bar: bool = True) -> None:
+                 progress_bar: bool = True, val_dataset: DetectionDataset | None = None,
+                 val_transform: DetectionTransform | None = None,
+                 callbacks: Sequence[Callback] | None = None) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
@@ -150,7 +156,6 @@ class Trainer:
         self.collate_fn = collate_fn
         self.forward = forward
         self.metadata = dict(metadata)
-        self.progress_bar = progress_bar and self.context.is_main
         self.optimizer = build_optimizer(self.model, config)
         self.use_amp = config.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
@@ -158,27 +163,68 @@ class Trainer:
         self.sampler = IterationBatchSampler(_orientation_groups(dataset), config.batch_size, config.seed,
                                              self.context.rank, self.context.world_size)
         self.budget = Budget(config.iteration_budget(self.sampler.iterations_per_epoch), config.max_seconds)
+        self.callbacks = list(callbacks) if callbacks is not None else standard_callbacks(
+            config, val_dataset, val_transform, progress_bar, self.context.is_main)
+        self.meter = LossMeter()
+        self.step_seconds = 0.0
+        self.resumed = False
+        self.last_evaluation: Evaluation | None = None
+        self.final_evaluation: Evaluation | None = None
+        self.stop_reason: str | None = None
+        self._signal: int | None = None
 
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
 
+    @property
+    def epoch(self) -> float:
+        """Passes over the training set so far."""
+        return self.progress.iteration / self.sampler.iterations_per_epoch
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether SIGINT or SIGTERM asked this process to stop."""
+        return self._signal is not None
+
+    def stop(self, reason: str) -> None:
+        """End the run after the current step, then finish as a run whose budget is spent."""
+        self.stop_reason = reason
+
+    def fire(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` of every callback, in order, with this trainer and ``args``."""
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def report_evaluation(self, evaluation: Evaluation) -> None:
+        """Keep ``evaluation`` as the latest and pass it to every callback's ``on_evaluation``."""
+        self.last_evaluation = evaluation
+        self.fire("on_evaluation", evaluation)
+
     # -- checkpoints
 
-    def _payload(self, **extra: Any) -> dict[str, Any]:
+    def payload(self, **extra: Any) -> dict[str, Any]:
+        """A checkpoint's contents: format, metadata, weights and progress, and ``extra``."""
         return {"format": CHECKPOINT_FORMAT, **self.metadata, "model": self.model.state_dict(),
                 "progress": asdict(self.progress), **extra}
 
-    def save_checkpoint(self) -> None:
-        """Write the resumable checkpoint: every rank's generator states, written by rank 0."""
+    def save_checkpoint(self) -> Path:
+        """Write the resumable checkpoint (every rank's generator states, the log meter and the
+        callbacks' states), written by rank 0; every rank must call it."""
         rng_states = all_gather_objects(rng_state(), self.context)
         if self.context.is_main:
-            save_atomic(self._payload(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                                      rng=rng_states), self.checkpoint_path)
+            states = {key: callback.state_dict()
+                      for key, callback in zip(_callback_keys(self.callbacks), self.callbacks)}
+            save_atomic(self.payload(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                                     rng=rng_states, meter=asdict(self.meter), callbacks=states),
+                        self.checkpoint_path)
+            self.fire("on_checkpoint", self.checkpoint_path)
         barrier(self.context)
+        return self.checkpoint_path
 
     def resume(self) -> None:
-        """Restore model, optimiser, scaler, progress and generators from ``out_dir``."""
+        """Restore model, optimiser, scaler, progress, generators, the log meter and the
+        callbacks' states from ``out_dir``."""
         payload = load_checkpoint(self.checkpoint_path)
         if "optimizer" not in payload:
             raise TrainingError(f"{self.checkpoint_path} holds no training state to resume from")
@@ -190,9 +236,14 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
         self.progress = Progress(**payload["progress"])
-        states = payload["rng"]
-        if len(states) == self.context.world_size:
-            set_rng_state(states[self.context.rank])
+        self.meter = LossMeter(**payload.get("meter", {}))
+        states = payload.get("callbacks", {})
+        for key, callback in zip(_callback_keys(self.callbacks), self.callbacks):
+            if key in states:
+                callback.load_state_dict(states[key])
+        generators = payload["rng"]
+        if len(generators) == self.context.world_size:
+            set_rng_state(generators[self.context.rank])
         else:  # resumed on another number of processes: a fresh, still seeded, stream per rank
             seed_everything(self.config.seed + self.context.rank + self.progress.iteration)
 
@@ -205,43 +256,91 @@ class Trainer:
                           generator=torch.Generator().manual_seed(self.config.seed))
 
     def run(self, resume: bool = False) -> TrainResult:
-        """Train until the budget is spent; checkpoint every ``checkpoint_every`` iterations and
-        at the end. A non-finite loss raises NonFiniteLossError before any weight changes, and
-        the last checkpoint stays as it was."""
+        """Train until the budget is spent or a callback stops the run, then write model_final.pt,
+        let the callbacks finish (the final evaluation) and write checkpoint.pt.
+
+        A non-finite loss raises NonFiniteLossError before any weight changes, and the last
+        checkpoint stays as it was. SIGINT or SIGTERM (in the main thread) lets the current step
+        finish, writes checkpoint.pt and raises TrainingInterrupted; a second signal acts at once.
+        """
         if resume:
             self.resume()
         else:  # each rank its own stream (anchor and RoI sampling), all following the seed
             seed_everything(self.config.seed + self.context.rank)
-        log = None
+        self.resumed = resume
         if self.context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            log = _Log(self.out_dir / LOG_NAME, self.progress.iteration if resume else None)
         model = self.model
         if self.context.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         model.train()
-        meter = _LossMeter()
-        bar = self._bar()
         batches = iter(self._loader())
         try:
-            while not broadcast_flag(self.budget.exhausted(self.progress), self.context, self.device):
-                started = time.perf_counter()
-                losses = self._step(model, next(batches))
-                self.progress.iteration += 1
-                if self.progress.iteration % self.config.checkpoint_every == 0:
-                    self.save_checkpoint()
-                seconds = time.perf_counter() - started
-                self.progress.elapsed_s += seconds
-                meter.add(losses, self.config.batch_size * self.context.world_size, seconds)
-                self._report(meter, bar, log)
-            if meter.steps:
-                self._report(meter, bar, log, last=True)
+            with self._stop_signals():
+                self.fire("on_train_start")
+                code = self._train_steps(model, batches)
+            if code != _FINISH:
+                raise TrainingInterrupted(code, self.progress.iteration, self.save_checkpoint())
+            if self.meter.steps:
+                self._log()
+            if self.context.is_main:
+                save_atomic(self.payload(), self.out_dir / FINAL_NAME)
+            self.fire("on_train_end")
+            self.save_checkpoint()
         finally:
-            bar.close()
+            self.fire("on_close")
             del batches
-        self.save_checkpoint()
-        return self._finish(log)
+        return TrainResult(self.progress.iteration, self.progress.elapsed_s, self.checkpoint_path,
+                           self.out_dir / FINAL_NAME,
+                           None if self.final_evaluation is None else self.final_evaluation.metrics,
+                           self.stop_reason)
+
+    def _train_steps(self, model: nn.Module, batches: Iterator[Any]) -> int:
+        """Steps until rank 0 says stop; _FINISH, or the number of the signal that stopped it."""
+        while True:
+            code = broadcast_code(self._stop_code(), self.context, self.device)
+            if code != _GO_ON:
+                return code
+            batch = next(batches)
+            self.fire("on_step_start", batch)
+            started = time.perf_counter()
+            losses = self._step(model, batch)
+            seconds = time.perf_counter() - started
+            self.progress.iteration += 1
+            self.progress.elapsed_s += seconds
+            self.step_seconds = seconds
+            self.meter.add(losses, self.config.batch_size * self.context.world_size, seconds)
+            if self.progress.iteration % self.config.log_every == 0:
+                self._log()
+            self.fire("on_step_end", losses)
+
+    def _stop_code(self) -> int:
+        if self._signal is not None:
+            return self._signal
+        return _FINISH if self.stop_reason is not None or self.budget.exhausted(self.progress) else _GO_ON
+
+    @contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """While training, SIGINT and SIGTERM set a flag the loop reads after each step; the
+        first one also puts the previous handlers back."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+
+        def handler(number: int, frame: Any) -> None:
+            self._signal = number
+            for other, action in previous.items():
+                signal.signal(other, action)
+
+        for number in STOP_SIGNALS:
+            signal.signal(number, handler)
+        try:
+            yield
+        finally:
+            for number, action in previous.items():
+                signal.signal(number, action)
 
     def _step(self, model: nn.Module, batch: Any) -> dict[str, float]:
         """One optimisation step; the losses (averaged over ranks) and the rate, as floats."""
@@ -274,32 +373,8 @@ class Trainer:
                                      f"stopped, the last good checkpoint is {self.checkpoint_path}")
         return values
 
-    def _bar(self) -> tqdm:
-        interactive = sys.stderr.isatty()
-        return tqdm(total=self.budget.max_iters, initial=self.progress.iteration, disable=not self.progress_bar,
-                    desc="train", unit="it", dynamic_ncols=True, mininterval=0.5 if interactive else 30.0,
-                    file=sys.stderr)
-
-    def _report(self, meter: _LossMeter, bar: tqdm, log: _Log | None, last: bool = False) -> None:
-        """Advance the bar; write a log record every ``log_every`` iterations and at the end."""
-        if not last:
-            bar.update(1)
-            shown = {k: f"{v:.3f}" for k, v in meter.smooth.items() if k != "lr"}
-            bar.set_postfix({**shown, "img/s": f"{meter.images_per_s():.1f}"}, refresh=False)
-        if log is None or not (last or self.progress.iteration % self.config.log_every == 0):
-            return
-        record = {"iter": self.progress.iteration,
-                  "epoch": round(self.progress.iteration / self.sampler.iterations_per_epoch, 4),
-                  "elapsed_s": round(self.progress.elapsed_s, 2), **meter.flush()}
-        log.write(record)
-
-    def _finish(self, log: _Log | None) -> TrainResult:
-        """Write the final model (weights and metadata, no training state) and the loss curves."""
-        final = self.out_dir / FINAL_NAME
-        plot = None
-        if log is not None:
-            save_atomic(self._payload(), final)
-            plot = plot_losses(log.records, self.out_dir / LOSS_PLOT_NAME)
-        barrier(self.context)
-        return TrainResult(self.progress.iteration, self.progress.elapsed_s, self.checkpoint_path, final,
-                           self.out_dir / LOG_NAME, plot)
+    def _log(self) -> None:
+        """A log record (the means since the previous one) to every callback's ``on_log``."""
+        record = {"iter": self.progress.iteration, "epoch": round(self.epoch, 4),
+                  "elapsed_s": round(self.progress.elapsed_s, 2), **self.meter.flush()}
+        self.fire("on_log", record)

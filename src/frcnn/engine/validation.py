@@ -1,0 +1,174 @@
+"""Validation during training: when to evaluate, the validation losses, and an evaluation that
+leaves the training run exactly as it was (weights, buffers, modes, random generators)."""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from ..data import DetectionDataset, DetectionTransform, build_loader
+from .checkpoint import rng_state, set_rng_state
+from .hooks import Callback
+from .inference import Predictions, predict, prediction_metrics
+from .results import METRIC_COLUMNS, VALIDATION_COLUMNS
+from .settings import TrainConfig
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation during training: its results.csv ``row`` (empty for the final evaluation of
+    the whole split), every metric of ``frcnn eval`` (``metrics``), the ``predictions`` on
+    ``dataset`` (the images evaluated) and how long it took."""
+
+    iteration: int
+    row: dict[str, float]
+    metrics: dict[str, float]
+    predictions: Predictions
+    dataset: DetectionDataset
+    seconds: float
+
+    def validation_values(self) -> dict[str, float]:
+        """The row's validation losses and metrics."""
+        return {key: self.row[key] for key in self.row if key in VALIDATION_COLUMNS}
+
+
+@contextmanager
+def training_state_kept(model: nn.Module) -> Iterator[None]:
+    """Whatever runs inside leaves ``model``'s buffers (e.g. BatchNorm statistics) and modules'
+    train/eval modes, and the global random generators, as they were."""
+    modes = [(module, module.training) for module in model.modules()]
+    buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    generators = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(generators)
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        for module, training in modes:
+            module.training = training
+
+
+@torch.no_grad()
+def validation_losses(model: nn.Module, dataset: DetectionDataset, transform: DetectionTransform,
+                      forward: Callable[[nn.Module, Any], Mapping[str, torch.Tensor]], device: torch.device,
+                      batch_size: int, seed: int) -> dict[str, float]:
+    """The training losses of ``model`` on ``dataset``, with gradients off: ``val_loss`` (their
+    sum) and ``val_<name>`` for each, averaged over images. The model runs in training mode
+    (its sampling of anchors and RoIs drawing from the global generator, seeded with ``seed``);
+    call it inside ``training_state_kept`` to leave the run's state alone."""
+    model.train()
+    torch.manual_seed(seed)
+    sums: dict[str, float] = {}
+    images = 0
+    for batch in build_loader(dataset, transform, batch_size, shuffle=False, num_workers=0):
+        losses = forward(model, batch.to(device))
+        count = len(batch.image_ids)
+        values = {"val_loss": float(sum(losses.values())), **{f"val_{k}": float(v) for k, v in losses.items()}}
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value * count
+        images += count
+    return {key: total / images for key, total in sums.items()}
+
+
+class Evaluator(Callback):
+    """Evaluates on the validation split (its first ``train.eval_images`` images) every
+    ``train.eval_every`` iterations (default: once per epoch) and, with a time budget, at least
+    every ``train.eval_minutes`` of training; then once at the end unless the last evaluation
+    was at the last iteration. Each evaluation (``Evaluation``) goes to every callback's
+    ``on_evaluation``. At the end, ``trainer.final_evaluation`` is the evaluation of the final
+    weights on the whole split (the last one, when it was on the whole split). The training run
+    is left as it was (``training_state_kept``). Rank 0 only: the other ranks wait at their next
+    collective."""
+
+    def __init__(self, dataset: DetectionDataset, transform: DetectionTransform, config: TrainConfig) -> None:
+        count = len(dataset) if config.eval_images is None else min(config.eval_images, len(dataset))
+        self.whole = dataset
+        self.dataset = replace(dataset, annotations=dataset.annotations[:count])
+        self.transform = transform
+        self.every = config.eval_every
+        self.seconds = None if config.eval_minutes is None or config.max_minutes is None else 60 * config.eval_minutes
+        self.last_iteration = 0
+        self.last_elapsed = 0.0
+        self.loss_sums: dict[str, float] = {}
+        self.steps = 0
+        self.lr = math.nan
+
+    def due(self, trainer: Trainer) -> bool:
+        """Whether an evaluation is due now (never at the last step: the final one follows)."""
+        progress = trainer.progress
+        if progress.iteration == self.last_iteration or trainer.budget.exhausted(progress):
+            return False
+        every = self.every or trainer.sampler.iterations_per_epoch
+        late = self.seconds is not None and progress.elapsed_s - self.last_elapsed >= self.seconds
+        return progress.iteration - self.last_iteration >= every or late
+
+    def on_step_start(self, trainer: Trainer, batch: Any) -> None:
+        if self.due(trainer):  # resumed from a run that a signal stopped before this evaluation
+            self.evaluate(trainer)
+
+    def on_step_end(self, trainer: Trainer, losses: Mapping[str, float]) -> None:
+        for key, value in losses.items():
+            if key != "lr":
+                self.loss_sums[key] = self.loss_sums.get(key, 0.0) + value
+        self.steps += 1
+        self.lr = losses["lr"]
+        if not trainer.interrupted and self.due(trainer):
+            self.evaluate(trainer)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        whole = None
+        if len(self.dataset) < len(self.whole):
+            started = time.perf_counter()
+            predictions = self._predict(trainer, self.whole)
+            whole = Evaluation(trainer.progress.iteration, {}, prediction_metrics(trainer.model, self.whole, predictions),
+                               predictions, self.whole, time.perf_counter() - started)
+        latest = trainer.last_evaluation
+        if latest is None or latest.iteration != trainer.progress.iteration:
+            count = len(self.dataset)
+            self.evaluate(trainer, None if whole is None else Predictions(
+                whole.predictions.detections[:count], whole.predictions.proposals[:count]))
+        trainer.final_evaluation = whole or trainer.last_evaluation
+
+    def _predict(self, trainer: Trainer, dataset: DetectionDataset) -> Predictions:
+        with training_state_kept(trainer.model):
+            return predict(trainer.model, dataset, self.transform, trainer.device, trainer.config.eval_batch_size,
+                           proposals=True)
+
+    def evaluate(self, trainer: Trainer, predictions: Predictions | None = None) -> Evaluation:
+        """Evaluate now (from ``predictions`` on ``self.dataset`` when given), report it to the
+        callbacks, and start the next row's loss means."""
+        started = time.perf_counter()
+        model, config = trainer.model, trainer.config
+        predictions = predictions or self._predict(trainer, self.dataset)
+        metrics = prediction_metrics(model, self.dataset, predictions)
+        with training_state_kept(model):
+            losses = validation_losses(model, self.dataset, self.transform, trainer.forward, trainer.device,
+                                       config.eval_batch_size, config.seed)
+        progress = trainer.progress
+        means = {key: total / self.steps for key, total in self.loss_sums.items()} if self.steps else {}
+        row = {"iter": progress.iteration, "epoch": round(trainer.epoch, 4), "elapsed_s": round(progress.elapsed_s, 2),
+               "lr": self.lr, **means, **losses, **{name: metrics.get(name, math.nan) for name in METRIC_COLUMNS}}
+        evaluation = Evaluation(progress.iteration, row, metrics, predictions, self.dataset,
+                                time.perf_counter() - started)
+        self.last_iteration, self.last_elapsed = progress.iteration, progress.elapsed_s
+        self.loss_sums, self.steps = {}, 0
+        trainer.report_evaluation(evaluation)
+        return evaluation
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_iteration": self.last_iteration, "last_elapsed": self.last_elapsed,
+                "loss_sums": dict(self.loss_sums), "steps": self.steps, "lr": self.lr}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.last_iteration, self.last_elapsed = state["last_iteration"], state["last_elapsed"]
+        self.loss_sums, self.steps, self.lr = dict(state["loss_sums"]), state["steps"], state["lr"]
