@@ -4,14 +4,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from test_plots import assert_png_not_blank
 
 from frcnn.cli import main
-from frcnn.engine import load_checkpoint, read_log
+from frcnn.engine import RESULTS_COLUMNS, load_checkpoint, read_log, read_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.long_side=[64,96]",
@@ -25,11 +29,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cli")
 
 
+def _env(workdir: Path) -> dict[str, str]:
+    return {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
+
+
 def frcnn(workdir: Path, *args: str, launcher: tuple[str, ...] = (sys.executable, "-m", "frcnn"),
           timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the command line in ``workdir``, the synthetic data cached there."""
-    env = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, *args], cwd=workdir, env=env, capture_output=True, text=True,
+    return subprocess.run([*launcher, *args], cwd=workdir, env=_env(workdir), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -40,14 +47,25 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(workdir: Path) -> Path:
-    """A 3-iteration run with its evaluation; the output folder."""
-    ok(frcnn(workdir, "train", "--out", "run", "--set", *TINY, "train.max_iters=3"))
+    """A 3-iteration run evaluated at iteration 2 and at the end; the output folder."""
+    ok(frcnn(workdir, "train", "--out", "run", "--set", *TINY, "train.max_iters=3", "train.eval_every=2",
+             "train.best_metric=val_loss"))
     return workdir / "run"
 
 
+PICTURES = {"results.png", "PR_curve.png", "F1_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
+            "labels.png", "train_batch0.png", "val_batch0_labels.png", "val_batch0_pred.png", "loss.png"}
+
+
 def test_train_writes_every_promised_file(trained: Path) -> None:
-    assert {"model_final.pt", "checkpoint.pt", "config.yaml", "log.jsonl", "loss.png", "metrics.json"} <= {
-        p.name for p in trained.iterdir()}
+    names = {p.name for p in trained.iterdir()}
+    assert {"model_final.pt", "model_best.pt", "checkpoint.pt", "config.yaml", "log.jsonl", "metrics.json",
+            "results.csv"} | PICTURES <= names
+    assert any(name.startswith("events.out.tfevents.") for name in names)
+    for name in PICTURES:
+        assert_png_not_blank(trained / name)
+    assert (trained / "results.csv").read_text().splitlines()[0] == ",".join(RESULTS_COLUMNS)
+    assert [row["iter"] for row in read_results(trained / "results.csv")] == [2, 3]
     assert [record["iter"] for record in read_log(trained / "log.jsonl")] == [1, 2, 3]
     assert {"loss", "rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box", "lr", "images_per_s"} <= set(
         read_log(trained / "log.jsonl")[0])
@@ -64,6 +82,7 @@ def test_eval_json_matches_the_training_metrics(workdir: Path, trained: Path) ->
     assert HEADLINE_KEYS <= set(metrics)
     # Another process: the same numbers up to float rounding (MKL's results may depend on alignment).
     written = json.loads((trained / "metrics.json").read_text())
+    assert (written.pop("checkpoint"), written.pop("iteration"), written.pop("images")) == ("model_final.pt", 3, 4)
     assert set(metrics) == set(written)
     assert {k: v for k, v in metrics.items() if v is not None} == pytest.approx(
         {k: v for k, v in written.items() if v is not None}, abs=0.02)
@@ -73,6 +92,48 @@ def test_eval_json_matches_the_training_metrics(workdir: Path, trained: Path) ->
     assert from_file["voc07_map"] == pytest.approx(metrics["voc07_map"])
     assert from_file["coco_ap"] == pytest.approx(metrics["coco_ap"])
     assert "rpn_recall@300" not in from_file
+
+
+def test_eval_of_the_best_checkpoint_reproduces_its_row_and_draws_the_plots(workdir: Path, trained: Path) -> None:
+    rows = read_results(trained / "results.csv")
+    best_row = min(rows, key=lambda row: row["val_loss"])
+    best = load_checkpoint(trained / "model_best.pt")["best"]
+    assert best == {"metric": "val_loss", "value": best_row["val_loss"], "iteration": best_row["iter"]}
+    result = ok(frcnn(workdir, "eval", "run/model_best.pt", "--json", "--plots", "plots"))
+    metrics = json.loads(result.stdout)
+    for column in ("voc07_map", "voc_map", "coco_ap", "coco_ap50", "coco_ap75", "rpn_recall@300"):
+        assert metrics[column] == pytest.approx(best_row[column], abs=0.02), column
+    for name in ("PR_curve.png", "F1_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png"):
+        assert_png_not_blank(workdir / "plots" / name)
+
+
+def test_ctrl_c_leaves_a_checkpoint_and_the_resumed_run_equals_a_straight_one(workdir: Path) -> None:
+    args = ["--set", *TINY, "train.max_iters=16", "train.eval_every=6", "train.checkpoint_every=100"]
+    ok(frcnn(workdir, "train", "--out", "straight", *args))
+    running = subprocess.Popen([sys.executable, "-m", "frcnn", "train", "--out", "stopped", *args], cwd=workdir,
+                               env=_env(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = workdir / "stopped" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        assert running.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.01)
+    running.send_signal(signal.SIGINT)
+    _, stderr = running.communicate(timeout=120)
+    assert running.returncode == 130, stderr[-3000:]
+    told = [line for line in stderr.splitlines() if "stopped by" in line]
+    assert len(told) == 1
+    stopped_at = re.fullmatch(r"frcnn train: stopped by SIGINT after iteration (\d+); wrote "
+                              r"stopped/checkpoint\.pt \(--resume continues the run\)", told[0])
+    assert stopped_at and 3 <= int(stopped_at[1]) < 16
+    assert load_checkpoint(workdir / "stopped" / "checkpoint.pt")["progress"]["iteration"] == int(stopped_at[1])
+    ok(frcnn(workdir, "train", "--out", "stopped", "--resume"))
+    straight, resumed = (load_checkpoint(workdir / name / "model_final.pt")["model"] for name in ("straight", "stopped"))
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+    straight, resumed = (read_results(workdir / name / "results.csv") for name in ("straight", "stopped"))
+    assert [row["iter"] for row in resumed] == [6, 12, 16]
+    for a, b in zip(straight, resumed):
+        assert {k: v for k, v in a.items() if k != "elapsed_s"} == {k: v for k, v in b.items() if k != "elapsed_s"}
 
 
 def test_detect_draws_every_image_and_writes_json(workdir: Path, trained: Path) -> None:
