@@ -83,7 +83,8 @@ def recognise_grids(anchors: Tensor, dtype: torch.dtype, offset: float) -> list[
             return None
         grids.append(grid)
         start += grid.num_anchors
-    own_areas = box_areas(anchors.to(dtype), offset)
-    base_areas = torch.cat([box_areas(grid.base.to(dtype), offset).repeat(grid.height * grid.width)
-                            for grid in grids])
-    return grids if torch.equal(own_areas, base_areas) else None
+    own_areas = box_areas(anchors.to(dtype), offset).split([grid.num_anchors for grid in grids])
+    same_areas = all(torch.equal(own.view(-1, grid.num_base),
+                                 box_areas(grid.base.to(dtype), offset).expand(grid.height * grid.width, -1))
+                     for own, grid in zip(own_areas, grids))
+    return grids if same_areas else None

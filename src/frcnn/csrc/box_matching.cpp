@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -31,7 +32,12 @@ constexpr int64_t kGeometry = 6;  // per class: x0, dx, y0, dy, widest, tallest
 
 int64_t size_class(double width, double height) {
   const double side = std::max(width, height);
-  const int exponent = side > 0 && std::isfinite(side) ? std::ilogb(side) : -8;
+  if (!(side > 0) || !std::isfinite(side)) {
+    return 0;
+  }
+  uint64_t bits;
+  std::memcpy(&bits, &side, sizeof bits);
+  const int64_t exponent = static_cast<int64_t>((bits >> 52) & 0x7ff) - 1023;  // ilogb for normal numbers
   return std::clamp<int64_t>(exponent + 8, 0, kClasses - 1);
 }
 
@@ -138,6 +144,28 @@ void gather_part(const bool* part, const int64_t* perm, int64_t begin, int64_t e
   for (int64_t p = begin; p < end; ++p) {
     out[p - begin] = static_cast<scalar_t>(part[perm[p]]);
   }
+}
+
+// The largest of values[0, count), 0 if none is positive; NaN never passes the >. Eight running
+// maxima, so that the loop vectorises (a max is exact in any order).
+template <typename scalar_t>
+scalar_t largest(const scalar_t* __restrict values, int64_t count) {
+  constexpr int64_t kLanes = 8;
+  scalar_t lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) {
+      lanes[j] = values[i + j] > lanes[j] ? values[i + j] : lanes[j];
+    }
+  }
+  scalar_t top = 0;
+  for (; i < count; ++i) {
+    top = values[i] > top ? values[i] : top;
+  }
+  for (int64_t j = 0; j < kLanes; ++j) {
+    top = lanes[j] > top ? lanes[j] : top;
+  }
+  return top;
 }
 
 // One gt against the anchors at positions [begin, end) of one column, arrays indexed from the
@@ -291,11 +319,7 @@ std::vector<at::Tensor> rank_boxes(const at::Tensor& binned, const at::Tensor& p
           sweep_gt(layout, first, range.first, range.second, g, off, gt_areas[b * num_gt + k],
                    static_cast<int32_t>(k), parts.data(), ratios.data(), inters.data(), sums.data(), gts.data(),
                    ious.data());
-          scalar_t top = 0;  // NaN IoUs (no intersection, both areas 0) never pass the >
-          for (int64_t slot = range.first - first; slot < range.second - first; ++slot) {
-            top = ious[slot] > top ? ious[slot] : top;
-          }
-          column_max[k] = top;
+          column_max[k] = largest(ious.data() + (range.first - first), range.second - range.first);
         }
         int32_t* best_out = best_at + b * n;
         scalar_t* iou_out = max_iou_at + b * n;
