@@ -57,8 +57,9 @@ def plot_anchor_fit(report: "AnchorReport", model: ModelConfig, path: str | Path
     widths, heights = (gt.boxes[:, 2] - gt.boxes[:, 0]), (gt.boxes[:, 3] - gt.boxes[:, 1])
     shown = torch.randperm(len(gt), generator=torch.Generator().manual_seed(0))[:SCATTER_POINTS]
     status = report.current.status[shown]
-    for code, label, colour in ((COVERED, "covered", "tab:green"), (LOW_QUALITY_ONLY, "low-quality only", "tab:orange"),
-                                (UNMATCHED, "unmatched", "tab:gray")):
+    # Covered last, on top: they are the few.
+    for code, label, colour in ((UNMATCHED, "unmatched", "tab:gray"), (LOW_QUALITY_ONLY, "low-quality only", "tab:orange"),
+                                (COVERED, "covered", "tab:green")):
         pick = shown[status == code]
         axes.scatter(widths[pick].clamp(min=0.5).numpy(), heights[pick].clamp(min=0.5).numpy(), s=4, alpha=0.35,
                      color=colour, label=f"gt, {label} by the current anchors", linewidths=0)
@@ -78,6 +79,8 @@ def plot_anchor_fit(report: "AnchorReport", model: ModelConfig, path: str | Path
     legend = axes.legend(loc="upper left", fontsize=9)
     for handle in legend.legend_handles:
         handle.set_alpha(1.0)
+    for handle in legend.legend_handles[:3]:  # the gt points, drawn tiny
+        handle.set_sizes([30])
     axes.grid(True, which="both", alpha=0.25)
     return _save(figure, Path(path))
 
