@@ -16,12 +16,12 @@ import torch
 
 from frcnn.data import SyntheticConfig, collate
 from frcnn.engine import (RESULTS_COLUMNS, Budget, Callback, IterationBatchSampler, NonFiniteLossError, Progress,
-                          RunConfig, TrainConfig, Trainer, TrainingInterrupted, detector_losses, load_checkpoint,
-                          lr_factor, read_log, read_results, save_atomic, seed_everything, standard_callbacks,
-                          training_state_kept, validation_losses)
+                          RunConfig, RunPictures, TrainConfig, Trainer, TrainingInterrupted, detector_losses,
+                          load_checkpoint, lr_factor, read_log, read_results, save_atomic, seed_everything,
+                          standard_callbacks, training_state_kept, validation_losses)
+from frcnn.engine.checkpoint import rng_state, set_rng_state
 from frcnn.engine.inference import evaluate, json_safe
 from frcnn.engine.results import METRIC_COLUMNS
-from frcnn.engine.checkpoint import rng_state, set_rng_state
 from frcnn.model import FasterRCNN
 
 TINY_SYNTHETIC = SyntheticConfig(num_train=8, num_val=4, long_side=(64, 96), object_size=(12.0, 40.0),
@@ -61,7 +61,7 @@ def _forward_failing_at(call: int, failure: str):
 
 
 def _train(config: RunConfig, out: Path, resume: bool = False, forward=detector_losses, validate: bool = False,
-           extra_callbacks: tuple[Callback, ...] = ()):
+           extra_callbacks: tuple[Callback, ...] = (), pictures: bool = True):
     seed_everything(config.train.seed)
     dataset = config.data.dataset("train")
     model = FasterRCNN(len(dataset.class_names), config=config.model)
@@ -70,6 +70,7 @@ def _train(config: RunConfig, out: Path, resume: bool = False, forward=detector_
                       device=torch.device("cpu"), forward=forward, progress_bar=False,
                       val_dataset=config.data.dataset("val") if validate else None,
                       val_transform=config.transform(training=False))
+    trainer.callbacks = [c for c in trainer.callbacks if pictures or not isinstance(c, RunPictures)]
     trainer.callbacks += extra_callbacks
     return trainer.run(resume=resume), model
 
@@ -352,7 +353,7 @@ def test_validation_writes_the_run_folder_and_leaves_training_alone(tiny_config:
 def test_early_stopping_after_patience_evaluations_without_improvement(tiny_config: RunConfig,
                                                                         tmp_path: Path) -> None:
     config = _with_train(tiny_config, lr=0.0, eval_every=1, patience=2, max_iters=20)
-    result, _ = _train(config, tmp_path, validate=True)
+    result, _ = _train(config, tmp_path, validate=True, pictures=False)
     assert result.iterations == 3 and "did not improve" in result.stop_reason
     rows = read_results(tmp_path / "results.csv")
     assert [row["iter"] for row in rows] == [1, 2, 3]
@@ -377,15 +378,16 @@ def _signalling_at(call: int, number: int):
 def test_a_signal_stops_after_the_step_and_the_resumed_run_is_the_same(tiny_config: RunConfig,
                                                                        tmp_path: Path) -> None:
     config = _with_train(tiny_config, max_iters=6, eval_every=3, log_every=2, checkpoint_every=100)
-    _, straight = _train(config, tmp_path / "straight", validate=True)
+    _, straight = _train(config, tmp_path / "straight", validate=True, pictures=False)
     with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM after iteration 3") as stopped:
-        _train(config, tmp_path / "stopped", validate=True, forward=_signalling_at(3, signal.SIGTERM))
+        _train(config, tmp_path / "stopped", validate=True, forward=_signalling_at(3, signal.SIGTERM),
+               pictures=False)
     assert stopped.value.exit_status == 143
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     checkpoint = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
     assert checkpoint["progress"]["iteration"] == 3
     assert not (tmp_path / "stopped" / "results.csv").exists()  # the evaluation due at 3 waits for the resume
-    _, resumed = _train(config, tmp_path / "stopped", resume=True, validate=True)
+    _, resumed = _train(config, tmp_path / "stopped", resume=True, validate=True, pictures=False)
     _same_weights(straight, resumed)
     expected, got = (read_results(tmp_path / name / "results.csv") for name in ("straight", "stopped"))
     assert [row["iter"] for row in got] == [3, 6]

@@ -7,7 +7,6 @@ functions return the figure they draw, for a caller that wants to look at its da
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -15,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .atomic import replacing
 from .data.dataset import DetectionDataset
 from .evaluation.confusion import confusion_matrix, normalize_rows
 from .evaluation.curves import RECALL_LEVELS, F1Curves, f1_curves, mean_precision, precision_envelope
@@ -40,15 +40,9 @@ def new_figure(width: float, height: float) -> Figure:
 
 def save_figure(figure: Figure, path: str | Path) -> Path:
     """Write ``figure`` as a PNG: to a temporary file beside ``path``, then renamed over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as temporary:
         figure.savefig(temporary, format="png", dpi=DPI, facecolor="white")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _finite(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -135,7 +129,7 @@ def pr_figure(curves: Mapping[int, VocCurve], class_names: Sequence[str], averag
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
              title="precision-recall at IoU 0.5 (legend: VOC AP, all points)")
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower left", fontsize="small")
+    axes.legend(loc="best", fontsize="small")
     return figure
 
 

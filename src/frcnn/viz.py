@@ -5,7 +5,6 @@ Images are uint8 tensors (3, H, W); boxes are (x1, y1, x2, y2) in that image's p
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor, resize, to_pil_image
 from torchvision.utils import draw_bounding_boxes
+
+from .atomic import replacing
 
 # Distinct colours for classes (cycled), in pictures and charts.
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
@@ -33,15 +34,9 @@ def font(size: int = 14) -> ImageFont.ImageFont:
 def save_png(image: Tensor, path: str | Path) -> Path:
     """Write a uint8 image (3, H, W) as PNG, creating the folder: to a temporary file beside
     ``path``, then renamed over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as temporary:
         to_pil_image(image.cpu()).save(temporary, format="PNG")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def load_image(path: str | Path) -> Tensor:

@@ -9,24 +9,19 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..atomic import replacing
+
 CHECKPOINT_FORMAT = "frcnn-checkpoint/1"
 
 
 def save_atomic(payload: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, synced, then renamed over it: a write
     that is interrupted leaves the previous file as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    with replacing(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

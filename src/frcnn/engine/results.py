@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from ..atomic import write_text_atomic
 
 TRAIN_LOSSES = ("loss", "rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
 VALIDATION_LOSSES = tuple(f"val_{name}" for name in TRAIN_LOSSES)
@@ -54,12 +55,8 @@ def format_rows(rows: Sequence[Mapping[str, float]], columns: Sequence[str]) -> 
 
 def write_results(path: str | Path, rows: Sequence[Mapping[str, float]],
                   columns: Sequence[str] = RESULTS_COLUMNS) -> Path:
-    """Write the table atomically (a temporary file renamed over ``path``)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(format_rows(rows, columns))
-    os.replace(temporary, path)
-    return path
+    """Write the table atomically."""
+    return write_text_atomic(path, format_rows(rows, columns))
 
 
 def read_results(path: str | Path) -> list[dict[str, float]]:

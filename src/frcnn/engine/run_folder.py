@@ -4,12 +4,11 @@ validation pictures (docs/train.md)."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from ..atomic import write_text_atomic
 from ..data import Batch, DetectionDataset, DetectionTransform
 from ..data.report import plot_labels
 from ..plots import plot_evaluation, plot_results
@@ -38,14 +37,6 @@ VAL_PREDICTIONS_NAME = "val_batch0_pred.png"
 VAL_PICTURE_IMAGES = 4
 
 
-def write_json_atomic(path: Path, value: Any) -> Path:
-    """``value`` as indented JSON (no NaN), to a temporary file renamed over ``path``."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(value, indent=1, allow_nan=False) + "\n")
-    os.replace(temporary, path)
-    return path
-
-
 class ResultsTable(Callback):
     """results.csv (one row per evaluation, ``RESULTS_COLUMNS``) and results.png, rewritten at
     each evaluation; at the end metrics.json: every metric of the final evaluation (the whole
@@ -71,9 +62,11 @@ class ResultsTable(Callback):
 
     def on_train_end(self, trainer: Trainer) -> None:
         evaluation = trainer.final_evaluation
-        write_json_atomic(trainer.out_dir / METRICS_NAME,
-                          {"checkpoint": FINAL_NAME, "iteration": evaluation.iteration,
-                           "images": len(evaluation.dataset), **json_safe(evaluation.metrics)})
+        if evaluation is None:  # no Evaluator among the callbacks
+            return
+        summary = {"checkpoint": FINAL_NAME, "iteration": evaluation.iteration, "images": len(evaluation.dataset),
+                   **json_safe(evaluation.metrics)}
+        write_text_atomic(trainer.out_dir / METRICS_NAME, json.dumps(summary, indent=1, allow_nan=False) + "\n")
 
 
 class RunPictures(Callback):
@@ -111,6 +104,8 @@ class RunPictures(Callback):
 
     def on_train_end(self, trainer: Trainer) -> None:
         evaluation = trainer.final_evaluation
+        if evaluation is None:  # no Evaluator among the callbacks
+            return
         _, f1 = plot_evaluation(evaluation.dataset, evaluation.predictions.detections, trainer.out_dir)
         count = min(VAL_PICTURE_IMAGES, len(evaluation.dataset))
         originals = [evaluation.dataset.with_transform(None)[index] for index in range(count)]
