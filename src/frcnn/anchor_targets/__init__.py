@@ -4,9 +4,10 @@
 ``AnchorTargetLayer`` wraps it with the Caffe layer's inputs and output layout.
 
 Modules: ``config`` (configuration and presets), ``geometry`` (anchors as shapes over rows and
-columns, the chunk plan), ``grid_matching`` (the per-gt and per-anchor sweeps), ``targets``
-(labels, sampling, weights, regression targets), ``checks`` (input checks), ``assign`` (the
-assignment), ``layer`` (the Caffe layout).
+columns, the chunk plan), ``grid_matching`` (the per-gt and per-anchor sweeps on grids),
+``recognition`` (grids found in plain tensors), ``box_matching`` (plain anchors of any order),
+``targets`` (labels, sampling, weights, regression targets), ``outputs`` (what the stages hand
+over), ``checks`` (input checks), ``assign`` (the assignment), ``layer`` (the Caffe layout).
 """
 from .assign import assign_anchor_targets, compute_anchor_targets
 from .config import AnchorTargetConfig
