@@ -10,7 +10,7 @@ _HOMES = {
     "AnchorGrid": "anchors", "concat_anchors": "anchors", "generate_anchors": "anchors", "grid_anchors": "anchors",
     "AnchorTargetConfig": "anchor_targets", "AnchorTargetLayer": "anchor_targets", "AnchorTargets": "anchor_targets",
     "assign_anchor_targets": "anchor_targets", "compute_anchor_targets": "anchor_targets",
-    "ModelConfig": "config", "FasterRCNN": "model",
+    "ModelConfig": "config", "FasterRCNN": "model", "anchor_fit": "analysis",
 }
 
 __all__ = sorted(_HOMES)

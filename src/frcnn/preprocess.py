@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from .config import PreprocessConfig
+from .data.images import read_rgb, to_rgb
 
 
 class PreprocessedBatch(NamedTuple):
@@ -40,10 +41,9 @@ def as_image_tensor(image: Any) -> Tensor:
         path = Path(image)
         if not path.is_file():
             raise ValueError(f"image {path} does not exist")
-        with Image.open(path) as opened:
-            return as_image_tensor(opened.convert("RGB"))
+        return as_image_tensor(read_rgb(path))
     if isinstance(image, Image.Image):
-        return as_image_tensor(np.asarray(image.convert("RGB")))
+        return as_image_tensor(to_rgb(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"a numpy image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")

@@ -15,6 +15,7 @@ from torchvision.transforms.functional import pil_to_tensor, resize, to_pil_imag
 from torchvision.utils import draw_bounding_boxes
 
 from .atomic import replacing
+from .data.images import read_rgb
 
 # Distinct colours for classes (cycled), in pictures and charts.
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
@@ -41,8 +42,7 @@ def save_png(image: Tensor, path: str | Path) -> Path:
 
 def load_image(path: str | Path) -> Tensor:
     """An image file as uint8 RGB (3, H, W)."""
-    with Image.open(path) as image:
-        return pil_to_tensor(image.convert("RGB"))
+    return torch.from_numpy(read_rgb(Path(path))).permute(2, 0, 1)
 
 
 def draw_boxes(image: Tensor, boxes: Tensor, colours: str | Sequence[str], labels: Sequence[str] | None = None,

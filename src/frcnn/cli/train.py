@@ -147,4 +147,5 @@ def _datasets_rank0_first(config: RunConfig, context: engine.DistContext,
 
 
 def _collate_for(config: RunConfig) -> Callable:
-    return partial(collate, keep_difficult=config.data.keep_difficult)
+    return partial(collate, keep_difficult=config.data.keep_difficult,
+                   size_divisibility=config.model.preprocess.size_divisible)

@@ -38,7 +38,8 @@ def predict(model: nn.Module, dataset: DetectionDataset, transform: DetectionTra
             batch_size: int = 2, proposals: bool = False, progress_bar: bool = False) -> Predictions:
     """Run ``model`` (switched to eval mode) over every image of ``dataset``."""
     model.eval()
-    loader = build_loader(dataset, transform, batch_size, shuffle=False, num_workers=0)
+    loader = build_loader(dataset, transform, batch_size, shuffle=False, num_workers=0,
+                          size_divisibility=model.config.preprocess.size_divisible)
     detections: list[dict[str, np.ndarray]] = []
     found: list[dict[str, np.ndarray]] = []
     for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress_bar, file=sys.stderr,

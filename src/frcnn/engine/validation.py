@@ -70,7 +70,8 @@ def validation_losses(model: nn.Module, dataset: DetectionDataset, transform: De
     torch.manual_seed(seed)
     sums: dict[str, float] = {}
     images = 0
-    for batch in build_loader(dataset, transform, batch_size, shuffle=False, num_workers=0):
+    for batch in build_loader(dataset, transform, batch_size, shuffle=False, num_workers=0,
+                              size_divisibility=model.config.preprocess.size_divisible):
         losses = forward(model, batch.to(device))
         count = len(batch.image_ids)
         values = {"val_loss": float(sum(losses.values())), **{f"val_{k}": float(v) for k, v in losses.items()}}

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..atomic import write_text_atomic
 from ..data.annotations import dataset_error
 from ..data.coco import corners_to_xywh, read_json, xywh_to_corners
 from ..data.dataset import DetectionDataset
@@ -107,7 +108,7 @@ def results_to_detections(dataset: DetectionDataset, rows: Any,
 
 def write_results_json(path: str | Path, dataset: DetectionDataset, detections: Detections) -> None:
     """Write ``detections_to_results`` as a JSON file."""
-    Path(path).write_text(json.dumps(detections_to_results(dataset, detections)))
+    write_text_atomic(path, json.dumps(detections_to_results(dataset, detections)))
 
 
 def read_results_json(path: str | Path, dataset: DetectionDataset) -> list[dict[str, np.ndarray]]:
