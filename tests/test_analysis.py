@@ -264,3 +264,21 @@ def test_suggestion_is_never_worse() -> None:
     summary = summarize(gt, suggestion.fit, (16,))
     assert summary["coverage"] == pytest.approx(covered)
     assert not math.isnan(summary["best_iou"]["mean"])
+
+
+def test_fpn_suggestion_sizes_each_level_and_is_never_worse() -> None:
+    """On a pyramid the search sizes each level on its own (one tuple per stride, the same count
+    per cell), and what it reports is what a fit with its anchors measures."""
+    fpn = default_config("small", fpn=True)
+    gt = table([(96, 128, [[10.0, 10.0, 16.0, 15.0], [50.0, 40.0, 90.0, 80.0], [70.0, 20.0, 75.0, 29.0]]),
+                (128, 96, [[5.0, 60.0, 11.0, 66.0], [20.0, 10.0, 80.0, 70.0]])] * 3)
+    current = fit_ground_truth(gt, fpn)
+    suggestion = suggest_anchors(gt, fpn, current, sample_images=4, max_evaluations=40)
+    anchors = suggestion.anchors
+    assert len(anchors.sizes) == len(FeatureGeometry(fpn.backbone).strides)
+    assert anchors.num_anchors == fpn.anchors.num_anchors
+    assert len({level for level in anchors.sizes}) > 1  # not one shared scale times the stride
+    assert suggestion.sample_suggested.key() >= suggestion.sample_current.key()
+    again = fit_ground_truth(gt, replace(fpn, anchors=anchors))
+    assert torch.equal(again.status, suggestion.fit.status)
+    assert (again.status == COVERED).sum() >= (current.status == COVERED).sum()

@@ -66,6 +66,20 @@ def test_anchors_yaml_changes_model_anchors_only(workdir: Path, suggested: dict)
     assert layered == base
 
 
+def test_fpn_suggestion_sizes_each_level_and_fit_measures_it(workdir: Path) -> None:
+    table = ok(frcnn(workdir, "--fit", "--suggest", "--fpn", "--sample-images", "8", "--out", "fpn",
+                     "--set", *TINY)).stdout
+    for stride in (4, 8, 16, 32):
+        assert f"sizes at stride {stride} (px)" in table
+    suggested = json.loads((workdir / "fpn" / "anchors_fit.json").read_text())
+    sizes = suggested["suggested"]["sizes"]
+    assert len(sizes) == 4 and all(len(level) == 1 for level in sizes)
+    again = json.loads(ok(frcnn(workdir, "--fit", "--fpn", "--json", "--out", "fpn_again", "--config",
+                                "fpn/anchors.yaml", "--set", *TINY)).stdout)
+    assert again["anchors"]["sizes"] == sizes
+    assert again["coverage"] == suggested["suggested"]["coverage"]
+
+
 def test_table_and_drawing_still_work(workdir: Path) -> None:
     table = ok(frcnn(workdir, "--fit", "--out", "table", "--set", *TINY)).stdout
     assert "coverage" in table and "low_quality_only" in table and "coverage bound" in table

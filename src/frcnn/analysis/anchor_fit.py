@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..anchor_targets import AnchorTargetConfig, assign_anchor_targets
 from ..anchors import AnchorGrid, concat_anchors
-from ..config import ModelConfig
+from ..config import AnchorConfig, ModelConfig
 from ..data import DetectionDataset
 from .geometry import FeatureGeometry, anchor_grids, base_anchors, padded_size
 from .ground_truth import GroundTruth, resized_ground_truth
@@ -211,6 +211,14 @@ def anchor_fit(dataset: DetectionDataset, model: ModelConfig, *, keep_difficult:
     return {"anchors": anchor_description(model, geometry.strides), **report}
 
 
+def anchor_fields(anchors: AnchorConfig) -> dict[str, Any]:
+    """An anchor set as a report shows it: ``scales``, ``ratios`` and, when set, per-level ``sizes``."""
+    fields: dict[str, Any] = {"scales": list(anchors.scales), "ratios": list(anchors.ratios)}
+    if anchors.sizes:
+        fields["sizes"] = [list(level) for level in anchors.sizes]
+    return fields
+
+
 def anchor_description(model: ModelConfig, strides: tuple[int, ...]) -> dict[str, Any]:
-    return {"scales": list(model.anchors.scales), "ratios": list(model.anchors.ratios), "strides": list(strides),
+    return {**anchor_fields(model.anchors), "strides": list(strides),
             "positive_overlap": model.rpn.targets.positive_overlap}

@@ -100,11 +100,14 @@ def _centred_iou(shapes: Tensor, centres: Tensor) -> Tensor:
 def product_anchors(centres: Tensor, num_scales: int, num_ratios: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Scales and ratios (each sorted) whose product best spans shape centres (k, 2) in stride units: the
     centres' sizes sqrt(w h) and ratios h / w, each sorted and split into equal groups, give the
-    geometric mean of each group."""
+    geometric mean of each group. Groups that come out equal (few distinct shapes) are made
+    distinct again, each next value sqrt(2) above the last, so that the count per cell holds."""
     def grouped(values: Tensor, groups: int) -> tuple[float, ...]:
         ordered = torch.sort(values.log()).values
         parts = torch.tensor_split(ordered, min(groups, len(ordered)))
         means = sorted({round(math.exp(float(part.mean())), 4) for part in parts})
+        while len(means) < groups:
+            means.append(round(means[-1] * 2 ** 0.5, 4))
         return tuple(means)
 
     sizes = centres.prod(dim=1).sqrt()
@@ -148,8 +151,10 @@ def suggest_anchors(gt: GroundTruth, model: ModelConfig, current: GtFit, *,
                     progress: Callable[[str], None] | None = None) -> Suggestion:
     """Anchors for ``model`` that cover more of ``gt`` (``current`` is the fit of the model's own).
 
-    Never worse than the current anchors on every image: when the search's winner measures lower
-    there (or only equal), the current anchors come back.
+    With more than one level (FPN) the search varies each level's sizes on their own, starting
+    from one shared set of scales (``in_pixels``); the ratios are shared by every level. Never
+    worse than the current anchors on every image: when the search's winner measures lower there
+    (or only equal), the current anchors come back.
     """
     geometry = FeatureGeometry(model.backbone)
     generator = torch.Generator().manual_seed(seed)
@@ -163,9 +168,14 @@ def suggest_anchors(gt: GroundTruth, model: ModelConfig, current: GtFit, *,
             cache[anchors] = Score.of(fit_ground_truth(sample, replace(model, anchors=anchors), geometry))
         return cache[anchors]
 
+    per_level = len(geometry.strides) > 1
+
+    def searched(anchors: AnchorConfig) -> AnchorConfig:
+        return in_pixels(anchors, geometry.strides) if per_level and not anchors.sizes else anchors
+
     num_scales = model.anchors.num_anchors // len(model.anchors.ratios)
     num_scales, num_ratios = anchor_shape(num_scales, len(model.anchors.ratios), anchors_per_cell)
-    start = model.anchors
+    current_form = start = searched(model.anchors)
     if len(sample):
         strides = torch.tensor(geometry.strides, dtype=torch.float64)[current.best_level[in_sample]]
         shapes = torch.stack((sample.boxes[:, 2] - sample.boxes[:, 0], sample.boxes[:, 3] - sample.boxes[:, 1]), 1)
@@ -173,9 +183,9 @@ def suggest_anchors(gt: GroundTruth, model: ModelConfig, current: GtFit, *,
         scales, ratios = product_anchors(iou_kmeans(shapes, num_scales * num_ratios, generator), num_scales,
                                          num_ratios)
         clustered = replace(model.anchors, scales=scales, ratios=ratios, sizes=())
-        if model.anchors.sizes:
+        if model.anchors.sizes or per_level:
             clustered = in_pixels(clustered, geometry.strides)
-        same_shape = (len(start.scales), len(start.ratios)) == (num_scales, num_ratios)
+        same_shape = start.num_anchors == num_scales * num_ratios and len(start.ratios) == num_ratios
         start = max((clustered, start) if same_shape else (clustered,), key=lambda a: score(a).key())
     best = start
     for step in STEPS:
@@ -191,9 +201,9 @@ def suggest_anchors(gt: GroundTruth, model: ModelConfig, current: GtFit, *,
                 progress(f"step {step:.3f}: coverage {score(best).coverage:.4f} on the sample "
                          f"({len(cache)} anchor sets tried)")
     evaluations = len(cache)
-    if best == model.anchors:
-        return Suggestion(best, current, score(model.anchors), score(best), evaluations)
+    if best == current_form:
+        return Suggestion(model.anchors, current, score(current_form), score(best), evaluations)
     full = fit_ground_truth(gt, replace(model, anchors=best), geometry)
     if Score.of(full).key() <= Score.of(current).key():
         best, full = model.anchors, current
-    return Suggestion(best, full, score(model.anchors), score(best), evaluations)
+    return Suggestion(best, full, score(current_form), score(best), evaluations)

@@ -12,7 +12,7 @@ import yaml
 
 from ..config import AnchorConfig, ModelConfig, to_plain
 from ..data import DetectionDataset
-from .anchor_fit import GtFit, STATUS_NAMES, anchor_description, fit_ground_truth, summarize
+from .anchor_fit import GtFit, STATUS_NAMES, anchor_description, anchor_fields, fit_ground_truth, summarize
 from .anchor_search import SAMPLE_IMAGES, Suggestion, suggest_anchors
 from .bound import best_possible_iou, level_origins
 from .geometry import FeatureGeometry, base_anchors
@@ -87,7 +87,7 @@ def anchor_report(dataset: DetectionDataset, model: ModelConfig, *, suggest: boo
         suggestion = suggest_anchors(gt, model, current, anchors_per_cell=anchors_per_cell,
                                      sample_images=sample_images, seed=seed, progress=progress)
         fit = summarize(gt, suggestion.fit, geometry.strides)
-        summary["suggested"] = {**_anchor_fields(suggestion.anchors),
+        summary["suggested"] = {**anchor_fields(suggestion.anchors),
                                 **{key: fit[key] for key in (*STATUS_NAMES, "positives_per_gt", "best_iou")},
                                 "by_size": fit["by_size"],
                                 "search": {"sample_images": min(sample_images, gt.num_images),
@@ -97,13 +97,6 @@ def anchor_report(dataset: DetectionDataset, model: ModelConfig, *, suggest: boo
         summary["alternatives"] = alternatives(dataset, model, keep_difficult)
     summary["warnings"] = warnings(summary)
     return AnchorReport(summary, gt, current, suggestion, geometry.strides)
-
-
-def _anchor_fields(anchors: AnchorConfig) -> dict[str, Any]:
-    fields = {"scales": list(anchors.scales), "ratios": list(anchors.ratios)}
-    if anchors.sizes:
-        fields["sizes"] = [list(level) for level in anchors.sizes]
-    return fields
 
 
 def warnings(summary: dict[str, Any]) -> list[str]:
@@ -147,6 +140,10 @@ def format_report(summary: dict[str, Any]) -> str:
 
     lines.append(row("scales", _short(anchors["scales"]), _short(suggested["scales"]) if suggested else None))
     lines.append(row("ratios", _short(anchors["ratios"]), _short(suggested["ratios"]) if suggested else None))
+    if "sizes" in anchors or (suggested and "sizes" in suggested):
+        for level, stride in enumerate(anchors["strides"]):
+            lines.append(row(f"sizes at stride {stride} (px)", _short(_level_sizes(anchors, level, stride)),
+                             _short(_level_sizes(suggested, level, stride)) if suggested else None))
     for key in (*STATUS_NAMES, "positives_per_gt"):
         lines.append(row(key, summary[key], suggested[key] if suggested else None))
     lines.append(row("best_iou mean", summary["best_iou"]["mean"],
@@ -163,6 +160,14 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(f"  with {alternative['change']}: {'-' if bound is None else f'{bound:.4f}'}")
     lines += [f"warning: {line}" for line in summary["warnings"]]
     return "\n".join(lines)
+
+
+def _level_sizes(anchors: dict[str, Any], level: int, stride: int) -> list[float]:
+    """The anchor sides in pixels of one level, from a report's ``scales`` and ``sizes`` fields."""
+    if "sizes" not in anchors:
+        return [scale * stride for scale in anchors["scales"]]
+    sizes = anchors["sizes"]
+    return sizes[level if len(sizes) > 1 else 0]
 
 
 def _short(values: list[float]) -> str:
