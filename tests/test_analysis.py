@@ -13,7 +13,7 @@ from PIL import Image
 
 from frcnn.analysis import fit_ground_truth, resized_ground_truth, summarize
 from frcnn.analysis.anchor_fit import COVERED, LOW_QUALITY_ONLY, UNMATCHED, anchor_fit, best_anchor_iou
-from frcnn.analysis.anchor_search import anchor_shape, iou_kmeans, suggest_anchors
+from frcnn.analysis.anchor_search import anchor_shape, iou_kmeans, neighbours, suggest_anchors
 from frcnn.analysis.bound import best_possible_iou, level_origins
 from frcnn.analysis.geometry import FeatureGeometry, anchor_grids, base_anchors, padded_size
 from frcnn.analysis.ground_truth import GroundTruth
@@ -282,3 +282,14 @@ def test_fpn_suggestion_sizes_each_level_and_is_never_worse() -> None:
     again = fit_ground_truth(gt, replace(fpn, anchors=anchors))
     assert torch.equal(again.status, suggestion.fit.status)
     assert (again.status == COVERED).sum() >= (current.status == COVERED).sum()
+
+
+def test_per_level_neighbours_move_every_level_at_once_then_each_alone() -> None:
+    anchors = AnchorConfig(ratios=(1.0,), sizes=((10.0, 20.0), (40.0, 80.0)))
+    sizes = [candidate.sizes for candidate in neighbours(anchors, 2.0)]
+    assert ((10.0, 40.0), (40.0, 160.0)) in sizes                     # size 1 of both levels doubled
+    assert ((5.0, 20.0), (20.0, 80.0)) in sizes                       # size 0 of both levels halved
+    assert ((10.0, 20.0), (40.0, 160.0)) in sizes                     # one level alone
+    assert ((20.0, 20.0), (40.0, 80.0)) not in sizes                  # no two equal sizes on a level
+    assert ((20.0, 20.0), (80.0, 80.0)) not in sizes
+    assert len(sizes) == 2 + 2 + 4  # two ratio moves, two shared moves and two per level keep sizes distinct

@@ -183,3 +183,42 @@ def test_box_matching_kernel_equals_its_twin(monkeypatch, dtype):
             assert torch.equal(got, want), (name, trial)
         if num_anchors > 50 and config.low_quality_matches:
             assert compiled.low_quality.any() and (compiled.max_iou > 0).any(), trial
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finish_targets_kernel_equals_its_twin(monkeypatch, dtype):
+    """Labels, sampling, weights, matched gt and targets from random matches (IoUs at the
+    thresholds exactly, images without gt, excluded anchors, degenerate gts): bit for bit."""
+    from frcnn.anchor_targets.outputs import Match
+    from frcnn.anchor_targets.targets import finish_targets
+    from frcnn.boxes import box_codes
+
+    generator = torch.Generator().manual_seed(11)
+    for trial in range(24):
+        batch, size, num_gt = 3, int(torch.randint(1, 2000, (), generator=generator)), 5
+        levels = torch.tensor([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0], dtype=dtype)
+        max_iou = levels[torch.randint(0, 7, (batch, size), generator=generator)]
+        max_iou = torch.where(torch.rand(batch, size, generator=generator) < 0.5, max_iou,
+                              torch.rand(batch, size, generator=generator, dtype=dtype))
+        match = Match(max_iou, torch.randint(0, num_gt, (batch, size), generator=generator, dtype=torch.int32),
+                      torch.rand(batch, size, generator=generator) < 0.05,
+                      torch.rand(batch, size, generator=generator) < 0.9)
+        has_gt = torch.tensor([True, trial % 3 != 0, True])
+        gt = tie_heavy_boxes(generator, num_gt, dtype, (batch,))
+        gt[~has_gt] = 0
+        anchors = tie_heavy_boxes(generator, size, dtype) + torch.tensor([0, 0, 1, 1], dtype=dtype)
+        excluded = torch.rand(batch, size, generator=generator) < 0.2 if trial % 2 else None
+        keys = distinct_keys(generator, batch, size, uniform=bool(trial % 4))
+        config = AnchorTargetConfig(
+            batch_size=(None, 64, 256)[trial % 3], fg_fraction=(0.5, 0.25)[trial % 2],
+            clobber_positives=trial % 5 == 0, positive_weight=(-1.0, 0.3)[trial % 2],
+            legacy_plus_one=trial % 4 == 1, bbox_weights=((1.0,) * 4, (10.0, 10.0, 5.0, 5.0))[trial % 2],
+            bbox_inside_weights=((1.0,) * 4, (1.0, 1.0, 0.5, 0.5))[(trial // 2) % 2])
+        codes, scales = box_codes(anchors, config.legacy_plus_one)
+        compiled, fallback = both_paths(monkeypatch, lambda: finish_targets(match, has_gt, gt, codes, scales, config,
+                                                                            excluded, keys))
+        for name, got, want in zip(compiled._fields, compiled, fallback):
+            assert got.dtype == want.dtype and got.shape == want.shape, (name, trial)
+            assert torch.equal(got, want), (name, trial)
+        assert (compiled.labels == 1).any() and (compiled.labels == 0).any(), trial

@@ -128,11 +128,19 @@ def _varied(values: tuple[float, ...], step: float) -> list[tuple[float, ...]]:
 
 
 def neighbours(anchors: AnchorConfig, step: float) -> list[AnchorConfig]:
-    """Every anchor set with one ratio, or one scale (one level's size where ``sizes`` is set),
-    multiplied or divided by ``step``."""
+    """Every anchor set with one ratio or one scale multiplied or divided by ``step``; where
+    ``sizes`` is set, one size index on every level at once (a scale of them all), then one
+    level's size alone."""
     found = [replace(anchors, ratios=ratios) for ratios in _varied(anchors.ratios, step)]
     if not anchors.sizes:
         return found + [replace(anchors, scales=scales) for scales in _varied(anchors.scales, step)]
+    if len(anchors.sizes) > 1:
+        for index in range(len(anchors.sizes[0])):
+            for factor in (step, 1 / step):
+                scaled = tuple(tuple(sorted(round(size * factor, 4) if position == index else size
+                                            for position, size in enumerate(level))) for level in anchors.sizes)
+                if all(len(set(level)) == len(level) for level in scaled):
+                    found.append(replace(anchors, sizes=scaled))
     for level, sizes in enumerate(anchors.sizes):
         found += [replace(anchors, sizes=(*anchors.sizes[:level], changed, *anchors.sizes[level + 1:]))
                   for changed in _varied(sizes, step)]

@@ -138,7 +138,10 @@ def format_report(summary: dict[str, Any]) -> str:
                  for v in ([current, proposed] if suggested else [current])]
         return f"{name:<22} " + " ".join(shown)
 
-    lines.append(row("scales", _short(anchors["scales"]), _short(suggested["scales"]) if suggested else None))
+    def scales(fields: dict[str, Any]) -> str:  # unused where per-level sizes are set
+        return "-" if "sizes" in fields else _short(fields["scales"])
+
+    lines.append(row("scales", scales(anchors), scales(suggested) if suggested else None))
     lines.append(row("ratios", _short(anchors["ratios"]), _short(suggested["ratios"]) if suggested else None))
     if "sizes" in anchors or (suggested and "sizes" in suggested):
         for level, stride in enumerate(anchors["strides"]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..sampling import random_keys, sample_balanced
+from ..sampling import random_keys
 from .checks import check_inputs
 from .config import AnchorTargetConfig
 from .box_matching import match_boxes, max_ioa_boxes
@@ -13,7 +13,7 @@ from .geometry import Anchors, anchor_codes, as_grids, grid_levels, num_anchors
 from .grid_matching import match_grids, max_ioa_grids
 from .outputs import AnchorTargets
 from .recognition import recognise_grids
-from .targets import classify, labels_of, outside_weights, per_coordinate, regression_targets
+from .targets import finish_targets
 
 
 def compute_anchor_targets(
@@ -68,25 +68,12 @@ def compute_anchor_targets(
         match = match_grids(levels, gt, valid, im_info, config, offset)
     else:
         match = match_boxes(boxes, gt, valid, im_info, config, offset)
-    positive, negative = classify(match, has_gt, config)
-    if covered is not None and not config.ignore_before_matching:
-        negative = negative & ~covered
-
-    if config.batch_size is not None:
-        if sample_keys is None:
-            sample_keys = random_keys(positive.shape, positive.device)
-        positive, negative = sample_balanced(positive, negative, config.batch_size, config.fg_fraction, sample_keys)
-
-    # Every taking-part anchor of an image with gt gets a target (docs/anchor_targets.md,
-    # Targets), sampled or not.
-    has_target = match.inside & has_gt[:, None]
-    targets = regression_targets(*anchor_codes(grids if grids is not None else anchors, config.legacy_plus_one, dtype), gt, match.target_gt,
-                                 has_target, config)
-    inside_weights = per_coordinate(positive.to(dtype), config.bbox_inside_weights)
-    anchor_weights = per_coordinate(outside_weights(positive, negative, config.positive_weight, dtype),
-                                    (1.0, 1.0, 1.0, 1.0))
-    matched_gt = match.target_gt.long().masked_fill_(~positive, -1)
-    return AnchorTargets(labels_of(positive, negative), targets, inside_weights, anchor_weights, matched_gt)
+    # Covered anchors are no negatives when the ignore regions apply after matching.
+    excluded = covered if covered is not None and not config.ignore_before_matching else None
+    if config.batch_size is not None and sample_keys is None:
+        sample_keys = random_keys(match.max_iou.shape, match.max_iou.device)
+    codes, scales = anchor_codes(grids if grids is not None else anchors, config.legacy_plus_one, dtype)
+    return finish_targets(match, has_gt, gt, codes, scales, config, excluded, sample_keys)
 
 
 def assign_anchor_targets(

@@ -1,5 +1,9 @@
 """From matches to the layer's outputs: labels, subsampling, loss weights and regression targets
-(docs/anchor_targets.md, Labels, Sampling, Targets and Weights)."""
+(docs/anchor_targets.md, Labels, Sampling, Targets and Weights).
+
+On the CPU a compiled kernel (``frcnn.native``) does all of it in one pass per image; the
+PyTorch-op twins here compute the same values bit for bit.
+"""
 from __future__ import annotations
 
 import math
@@ -7,9 +11,11 @@ import math
 import torch
 from torch import Tensor
 
+from .. import native
 from ..boxes import box_codes, encode_codes
+from ..sampling import sample_balanced
 from .config import AnchorTargetConfig
-from .outputs import Match
+from .outputs import AnchorTargets, Match
 
 
 def classify(match: Match, has_gt: Tensor, config: AnchorTargetConfig) -> tuple[Tensor, Tensor]:
@@ -74,3 +80,38 @@ def regression_targets(anchor_codes: Tensor, anchor_scales: Tensor, gt: Tensor, 
     rows = torch.where(has_target, target_gt + image_rows[:, None], own_rows)
     matched = table.index_select(0, rows.view(-1)).view(batch, num_anchors, 4)
     return encode_codes(matched, anchor_codes, anchor_scales, config.bbox_weights, out=matched)
+
+
+def finish_targets(match: Match, has_gt: Tensor, gt: Tensor, anchor_codes: Tensor, anchor_scales: Tensor,
+                   config: AnchorTargetConfig, excluded: Tensor | None = None,
+                   sample_keys: Tensor | None = None) -> AnchorTargets:
+    """The layer's outputs from the match: labels (``classify``, less the ``excluded`` (B, N)
+    negatives), balanced subsampling driven by ``sample_keys`` (B, N) when ``config.batch_size``
+    is set, targets for every taking-part anchor of an image with gt, weights and matched gt.
+
+    has_gt (B,), gt (B, K, 4) with padded rows zeroed, anchor codes and scales (N, 4) from
+    ``box_codes``.
+    """
+    dtype = match.max_iou.dtype
+    keys = sample_keys if config.batch_size is not None else None
+    kernels = native.kernels_for(match.max_iou)
+    if kernels is not None and dtype in (torch.float32, torch.float64) and anchor_codes.dtype == dtype:
+        num_fg = int(config.fg_fraction * config.batch_size) if keys is not None else 0
+        labels, targets, inside, outside, matched_gt = kernels.finish_targets(
+            match.max_iou, match.target_gt, match.low_quality, match.inside, has_gt, excluded, keys,
+            box_codes(gt, config.legacy_plus_one)[0], anchor_codes, anchor_scales, config.negative_overlap,
+            config.positive_overlap, config.clobber_positives, num_fg, config.batch_size or 0,
+            config.positive_weight, list(config.bbox_weights))
+    else:
+        positive, negative = classify(match, has_gt, config)
+        if excluded is not None:
+            negative = negative & ~excluded
+        if keys is not None:
+            positive, negative = sample_balanced(positive, negative, config.batch_size, config.fg_fraction, keys)
+        targets = regression_targets(anchor_codes, anchor_scales, gt, match.target_gt, match.inside & has_gt[:, None],
+                                     config)
+        labels, inside = labels_of(positive, negative), positive.to(dtype)
+        outside = outside_weights(positive, negative, config.positive_weight, dtype)
+        matched_gt = match.target_gt.long().masked_fill_(~positive, -1)
+    return AnchorTargets(labels, targets, per_coordinate(inside, config.bbox_inside_weights),
+                         per_coordinate(outside, (1.0, 1.0, 1.0, 1.0)), matched_gt)

@@ -21,9 +21,6 @@
 
 namespace {
 
-using frcnn::pick;
-using frcnn::SameSizeInt;
-
 constexpr int64_t kClasses = 40;  // size classes: ilogb of the longer side, clamped to [-8, 31]
 constexpr int64_t kBins = 32;     // cells per axis and class
 constexpr int64_t kColumns = kClasses * kBins;
@@ -178,7 +175,6 @@ void sweep_gt(const Layout<scalar_t>& a, int64_t first, int64_t begin, int64_t e
               scalar_t g_area, int32_t code, const scalar_t* __restrict parts, scalar_t* __restrict ratios,
               scalar_t* __restrict inters, scalar_t* __restrict sums, int32_t* __restrict gts,
               scalar_t* __restrict ious) {
-  using mask_t = typename SameSizeInt<scalar_t>::type;
   const scalar_t* __restrict x1 = a.x1 + first;
   const scalar_t* __restrict y1 = a.y1 + first;
   const scalar_t* __restrict x2 = a.x2 + first;
@@ -193,12 +189,7 @@ void sweep_gt(const Layout<scalar_t>& a, int64_t first, int64_t begin, int64_t e
     const scalar_t inter = (h * w) * parts[slot];
     const scalar_t s = area[slot] + g_area;
     const scalar_t ratio = inter / s;
-    const mask_t mask = -static_cast<mask_t>(ratio > ratios[slot]);
-    ratios[slot] = pick(mask, ratio, ratios[slot]);
-    inters[slot] = pick(mask, inter, inters[slot]);
-    sums[slot] = pick(mask, s, sums[slot]);
-    const int32_t gt_mask = static_cast<int32_t>(mask);
-    gts[slot] = (code & gt_mask) | (gts[slot] & ~gt_mask);
+    frcnn::keep_better(ratio, inter, s, code, ratios[slot], inters[slot], sums[slot], gts[slot]);
     ious[slot] = inter / (s - inter);
   }
 }

@@ -18,9 +18,6 @@
 
 namespace {
 
-using frcnn::pick;
-using frcnn::SameSizeInt;
-
 // [start, stop) of the columns where a (pair, gt) overlap is non-zero; start = stop if none.
 template <typename scalar_t>
 void column_ranges(const scalar_t* widths, int64_t count, int64_t width, int64_t* start, int64_t* stop) {
@@ -45,7 +42,6 @@ template <typename scalar_t>
 void rank_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* area_sum, const int64_t* start,
                const int64_t* stop, int64_t num_gt, int64_t height, int64_t width, int64_t begin, int64_t end,
                int64_t* best, scalar_t* max_iou) {
-  using mask_t = typename SameSizeInt<scalar_t>::type;
   std::vector<scalar_t> ratio_buffer(width), inter_buffer(width), sum_buffer(width);
   std::vector<int32_t> gt_buffer(width);
   scalar_t* __restrict ratios = ratio_buffer.data();
@@ -76,12 +72,7 @@ void rank_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* 
       for (int64_t x = start[index]; x < stop[index]; ++x) {
         const scalar_t inter = h * w[x];
         const scalar_t ratio = inter / s;
-        const mask_t mask = -static_cast<mask_t>(ratio > ratios[x]);
-        ratios[x] = pick(mask, ratio, ratios[x]);
-        inters[x] = pick(mask, inter, inters[x]);
-        sums[x] = pick(mask, s, sums[x]);
-        const int32_t gt_mask = static_cast<int32_t>(mask);
-        gts[x] = (code & gt_mask) | (gts[x] & ~gt_mask);
+        frcnn::keep_better(ratio, inter, s, code, ratios[x], inters[x], sums[x], gts[x]);
       }
     }
     int64_t* __restrict best_row = best + row * width;
@@ -182,13 +173,42 @@ at::Tensor low_quality_gt(const at::Tensor& heights, const at::Tensor& widths, c
   return gt_out;
 }
 
-// A candidate for sampling: its key and its index. Stronger means kept first: the larger key,
-// then the lower index.
-struct Candidate {
-  int32_t key;
-  int64_t index;
-};
+// frcnn.sampling.sample_balanced: per row, the num_fg positives with the largest keys, then the
+// batch_size - kept negatives with the largest keys. positive, negative (B, N) bool, keys (B, N)
+// int32 in [1, 2^31) -> kept positives and kept negatives (B, N) bool. Linear time; top-k keeps
+// the same sets except, possibly, between two equal keys at the cut.
+std::vector<at::Tensor> sample_balanced(const at::Tensor& positive, const at::Tensor& negative, const at::Tensor& keys,
+                                        int64_t num_fg, int64_t batch_size) {
+  TORCH_CHECK(positive.device().is_cpu() && negative.device().is_cpu() && keys.device().is_cpu(), "CPU tensors only");
+  TORCH_CHECK(positive.dim() == 2 && positive.sizes() == negative.sizes() && positive.sizes() == keys.sizes() &&
+                  positive.scalar_type() == at::kBool && negative.scalar_type() == at::kBool &&
+                  keys.scalar_type() == at::kInt,
+              "expected positive, negative (B, N) bool and keys (B, N) int32");
+  TORCH_CHECK(0 <= num_fg && num_fg <= batch_size, "expected 0 <= num_fg <= batch_size");
+  const auto pos = positive.contiguous();
+  const auto neg = negative.contiguous();
+  const auto key = keys.contiguous();
+  const int64_t rows = pos.size(0), size = pos.size(1);
+  auto keep_pos = at::zeros_like(pos);
+  auto keep_neg = at::zeros_like(neg);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<frcnn::Candidate> chosen;
+    for (int64_t b = begin; b < end; ++b) {
+      frcnn::sample_row(pos.data_ptr<bool>() + b * size, neg.data_ptr<bool>() + b * size,
+                        key.data_ptr<int32_t>() + b * size, size, num_fg, batch_size,
+                        keep_pos.data_ptr<bool>() + b * size, keep_neg.data_ptr<bool>() + b * size, chosen);
+    }
+  });
+  return {keep_pos, keep_neg};
+}
 
+}  // namespace
+
+namespace frcnn {
+
+namespace {
+
+// Stronger means kept first: the larger key, then the lower index.
 inline bool stronger(const Candidate& a, const Candidate& b) {
   return a.key > b.key || (a.key == b.key && a.index < b.index);
 }
@@ -211,54 +231,32 @@ void collect(const bool* mask, const int32_t* keys, int64_t size, int64_t thresh
   }
 }
 
-// frcnn.sampling.sample_balanced: per row, the num_fg positives with the largest keys, then the
-// batch_size - kept negatives with the largest keys. positive, negative (B, N) bool, keys (B, N)
-// int32 in [1, 2^31) -> kept positives and kept negatives (B, N) bool. Linear time; top-k keeps
-// the same sets except, possibly, between two equal keys at the cut.
-std::vector<at::Tensor> sample_balanced(const at::Tensor& positive, const at::Tensor& negative, const at::Tensor& keys,
-                                        int64_t num_fg, int64_t batch_size) {
-  TORCH_CHECK(positive.device().is_cpu() && negative.device().is_cpu() && keys.device().is_cpu(), "CPU tensors only");
-  TORCH_CHECK(positive.dim() == 2 && positive.sizes() == negative.sizes() && positive.sizes() == keys.sizes() &&
-                  positive.scalar_type() == at::kBool && negative.scalar_type() == at::kBool &&
-                  keys.scalar_type() == at::kInt,
-              "expected positive, negative (B, N) bool and keys (B, N) int32");
-  TORCH_CHECK(0 <= num_fg && num_fg <= batch_size, "expected 0 <= num_fg <= batch_size");
-  const auto pos = positive.contiguous();
-  const auto neg = negative.contiguous();
-  const auto key = keys.contiguous();
-  const int64_t rows = pos.size(0), size = pos.size(1);
-  auto keep_pos = at::zeros_like(pos);
-  auto keep_neg = at::zeros_like(neg);
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Candidate> chosen;
-    for (int64_t b = begin; b < end; ++b) {
-      const bool* is_neg = neg.data_ptr<bool>() + b * size;
-      const int32_t* row_keys = key.data_ptr<int32_t>() + b * size;
-      collect(pos.data_ptr<bool>() + b * size, row_keys, size, 0, chosen);
-      keep_strongest(chosen, static_cast<size_t>(num_fg));
-      for (const Candidate& c : chosen) {
-        keep_pos.data_ptr<bool>()[b * size + c.index] = true;
-      }
-      const int64_t num_bg = batch_size - static_cast<int64_t>(chosen.size());
-      const int64_t num_neg = std::count(is_neg, is_neg + size, true);
-      // Keys are uniform, so about 4 num_bg negatives clear this threshold; the exact top num_bg
-      // are among them whenever at least num_bg do (else all negatives are collected).
-      const double share = num_neg > 0 ? 4.0 * static_cast<double>(num_bg) / static_cast<double>(num_neg) : 1.0;
-      const int64_t threshold = share >= 1.0 ? 0 : static_cast<int64_t>((1.0 - share) * 2147483648.0);
-      collect(is_neg, row_keys, size, threshold, chosen);
-      if (static_cast<int64_t>(chosen.size()) < num_bg && threshold > 0) {
-        collect(is_neg, row_keys, size, 0, chosen);
-      }
-      keep_strongest(chosen, static_cast<size_t>(std::max<int64_t>(num_bg, 0)));
-      for (const Candidate& c : chosen) {
-        keep_neg.data_ptr<bool>()[b * size + c.index] = true;
-      }
-    }
-  });
-  return {keep_pos, keep_neg};
+}  // namespace
+
+void sample_row(const bool* positive, const bool* negative, const int32_t* keys, int64_t size, int64_t num_fg,
+                int64_t batch_size, bool* keep_positive, bool* keep_negative, std::vector<Candidate>& chosen) {
+  collect(positive, keys, size, 0, chosen);
+  keep_strongest(chosen, static_cast<size_t>(num_fg));
+  for (const Candidate& c : chosen) {
+    keep_positive[c.index] = true;
+  }
+  const int64_t num_bg = batch_size - static_cast<int64_t>(chosen.size());
+  const int64_t num_neg = std::count(negative, negative + size, true);
+  // Keys are uniform, so about 4 num_bg negatives clear this threshold; the exact top num_bg
+  // are among them whenever at least num_bg do (else all negatives are collected).
+  const double share = num_neg > 0 ? 4.0 * static_cast<double>(num_bg) / static_cast<double>(num_neg) : 1.0;
+  const int64_t threshold = share >= 1.0 ? 0 : static_cast<int64_t>((1.0 - share) * 2147483648.0);
+  collect(negative, keys, size, threshold, chosen);
+  if (static_cast<int64_t>(chosen.size()) < num_bg && threshold > 0) {
+    collect(negative, keys, size, 0, chosen);
+  }
+  keep_strongest(chosen, static_cast<size_t>(std::max<int64_t>(num_bg, 0)));
+  for (const Candidate& c : chosen) {
+    keep_negative[c.index] = true;
+  }
 }
 
-}  // namespace
+}  // namespace frcnn
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rank_gts", &rank_gts, "Per-anchor best gt and its IoU over a grid level (CPU)");
@@ -267,4 +265,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rank_boxes", &rank_boxes, "Per-anchor best gt and its IoU for arbitrary anchors (CPU)");
   m.def("low_quality_boxes", &low_quality_boxes, "Per-anchor highest gt it is a best anchor of, or -1 (CPU)");
   m.def("sample_balanced", &sample_balanced, "Balanced sampling by the largest random keys (CPU)");
+  m.def("finish_targets", &finish_targets, "Labels, sampling, weights and regression targets from the match (CPU)");
 }

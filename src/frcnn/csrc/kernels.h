@@ -33,6 +33,33 @@ inline scalar_t pick(mask_t mask, scalar_t a, scalar_t b) {
   return out;
 }
 
+// A candidate for sampling: its key and its index.
+struct Candidate {
+  int32_t key;
+  int64_t index;
+};
+
+// frcnn.sampling.sample_balanced for one row: marks in keep_positive (zeroed, size entries) the
+// num_fg positives with the largest keys and in keep_negative (zeroed) the batch_size - kept
+// negatives with the largest keys; equal keys at the cut go to the lower index. Linear time.
+void sample_row(const bool* positive, const bool* negative, const int32_t* keys, int64_t size, int64_t num_fg,
+                int64_t batch_size, bool* keep_positive, bool* keep_negative, std::vector<Candidate>& chosen);
+
+// The running best of one anchor over gts in ascending order: (ratio, inter, sum, gt) replace the
+// held ones when ratio is strictly larger, so that the lowest gt index keeps a tie. Bitwise
+// selects, which vectorise.
+template <typename scalar_t>
+inline void keep_better(scalar_t ratio, scalar_t inter, scalar_t sum, int32_t gt, scalar_t& best_ratio,
+                        scalar_t& best_inter, scalar_t& best_sum, int32_t& best_gt) {
+  using mask_t = typename SameSizeInt<scalar_t>::type;
+  const mask_t mask = -static_cast<mask_t>(ratio > best_ratio);
+  best_ratio = pick(mask, ratio, best_ratio);
+  best_inter = pick(mask, inter, best_inter);
+  best_sum = pick(mask, sum, best_sum);
+  const int32_t gt_mask = static_cast<int32_t>(mask);
+  best_gt = (gt & gt_mask) | (best_gt & ~gt_mask);
+}
+
 }  // namespace frcnn
 
 // box_matching.cpp: matching arbitrary (N, 4) anchors with gt boxes.
@@ -44,3 +71,12 @@ at::Tensor low_quality_boxes(const at::Tensor& binned, const at::Tensor& perm, c
                              const at::Tensor& geometry, const at::Tensor& gt, const at::Tensor& gt_area,
                              const at::Tensor& valid, const at::Tensor& part, double offset,
                              const at::Tensor& column_best, const at::Tensor& gt_best);
+
+// targets.cpp: labels, sampling, weights and regression targets from the match.
+std::vector<at::Tensor> finish_targets(const at::Tensor& max_iou, const at::Tensor& target_gt,
+                                       const at::Tensor& low_quality, const at::Tensor& inside, const at::Tensor& has_gt,
+                                       const c10::optional<at::Tensor>& excluded, const c10::optional<at::Tensor>& keys,
+                                       const at::Tensor& gt_codes, const at::Tensor& anchor_codes,
+                                       const at::Tensor& anchor_scales, double negative_overlap, double positive_overlap,
+                                       bool clobber_positives, int64_t num_fg, int64_t batch_size,
+                                       double positive_weight, std::vector<double> bbox_weights);
