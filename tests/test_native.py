@@ -39,10 +39,17 @@ def test_rank_gts_kernel_equals_op_path_on_tie_heavy_overlaps(monkeypatch, dtype
     for trial in range(40):
         heights, widths = tie_heavy_overlaps(generator, dtype, levels=4)
         area_sum = torch.randint(20, 24, heights.shape[:3], generator=generator).to(dtype)
-        compiled, fallback = both_paths(monkeypatch, lambda: rank_gts(heights, widths, area_sum))
+
+        def ranked():  # into (B, a, h, W) views of (B, h, W, a) buffers, as match_level writes them
+            best = torch.full((2, 7, 9, 3), -5, dtype=torch.int32).permute(0, 3, 1, 2)
+            return rank_gts(heights, widths, area_sum, out=(best, torch.full((2, 7, 9, 3), -5.0, dtype=dtype)
+                                                            .permute(0, 3, 1, 2)))
+
+        compiled, fallback = both_paths(monkeypatch, ranked)
         for got, want in zip(compiled, fallback):
             assert got.dtype == want.dtype and got.shape == want.shape == (2, 3, 7, 9)
             assert torch.equal(got, want), trial
+        assert (compiled[0] >= 0).all() and (compiled[1] >= 0).all()
 
 
 @needs_kernels
@@ -53,13 +60,20 @@ def test_low_quality_kernel_equals_op_path(monkeypatch, dtype):
         heights, widths = tie_heavy_overlaps(generator, dtype, levels=3)
         eligible = torch.rand(heights.shape[:3], generator=generator) < 0.7
         inputs = (heights, widths, heights.amax(dim=3), widths.amax(dim=3), eligible)
-        for highest_gt in (False, True):
-            (hits, hit_gt), (want_hits, want_gt) = both_paths(monkeypatch, lambda: low_quality_gts(*inputs, highest_gt))
+        start = torch.randint(0, 50, (2, 7, 9, 3), generator=generator, dtype=torch.int32)
+        for reassign in (False, True):
+            def hit():  # into (B, a, h, W) views, as match_level writes them
+                hits = torch.ones(2, 7, 9, 3, dtype=torch.bool).permute(0, 3, 1, 2)
+                target = start.clone().permute(0, 3, 1, 2) if reassign else None
+                return low_quality_gts(*inputs, hits, target), target
+
+            (hits, target), (want_hits, want_target) = both_paths(monkeypatch, hit)
             assert hits.dtype == torch.bool and hits.shape == (2, 3, 7, 9) and torch.equal(hits, want_hits), trial
             assert hits.any() and not hits.all()
-            if highest_gt:
-                assert hit_gt.dtype == want_gt.dtype == torch.long and torch.equal(hit_gt, want_gt), trial
-                assert torch.equal(hit_gt >= 0, hits)
+            if reassign:
+                assert torch.equal(target, want_target), trial
+                kept = start.permute(0, 3, 1, 2)
+                assert torch.equal(target[~hits], kept[~hits]) and (target[hits] < heights.shape[2]).all()
 
 
 def distinct_keys(generator: torch.Generator, rows: int, size: int, uniform: bool) -> torch.Tensor:

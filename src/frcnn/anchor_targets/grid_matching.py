@@ -71,20 +71,23 @@ def best_per_shape(overlaps: AxisOverlaps, area_sum: Tensor) -> tuple[Tensor, Te
     return max_height, max_width, iou(max_height * max_width, area_sum)
 
 
-def rank_gts(heights: Tensor, widths: Tensor, area_sum: Tensor) -> tuple[Tensor, Tensor]:
+def rank_gts(heights: Tensor, widths: Tensor, area_sum: Tensor, out: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """Per anchor (B, a, h, W): the lowest gt reaching the largest I / (area_a + area_g), and
-    that gt's IoU. heights (B, a, K, h), widths (B, a, K, W), area_sum (B, a, K).
+    that gt's IoU, written into ``out`` (int32 best gt, IoU: views of any strides) and returned.
+    heights (B, a, K, h), widths (B, a, K, W), area_sum (B, a, K).
 
     IoU = I / (S - I) grows with I / S, which takes one division fewer to rank; the IoU itself is
     recomputed for the chosen gt with the one formula of every path. On the CPU a compiled kernel
-    does it in one sweep that skips zero overlaps (same values, bit for bit).
+    does it in one sweep that skips zero overlaps and writes straight into ``out`` (same values,
+    bit for bit).
     """
+    best_out, iou_out = out
     kernels = native.kernels_for(heights)
     if kernels is not None:
-        batch, num_base, num_gt, height = heights.shape
-        best_gt, max_iou = kernels.rank_gts(heights.reshape(-1, num_gt, height),
-                                            widths.reshape(-1, num_gt, widths.shape[-1]), area_sum.reshape(-1, num_gt))
-        return best_gt.view(batch, num_base, height, -1), max_iou.view(batch, num_base, height, -1)
+        num_gt = heights.shape[2]
+        kernels.rank_gts(heights.reshape(-1, num_gt, heights.shape[-1]), widths.reshape(-1, num_gt, widths.shape[-1]),
+                         area_sum.reshape(-1, num_gt), best_out, iou_out)
+        return out
     shape = (*heights.shape, widths.shape[-1])  # (B, a, K, h, W)
     ratio = torch.mul(heights[..., :, None], widths[..., None, :], out=scratch("ratio", shape, heights.dtype,
                                                                                heights.device))
@@ -92,13 +95,16 @@ def rank_gts(heights: Tensor, widths: Tensor, area_sum: Tensor) -> tuple[Tensor,
     inter = (torch.gather(heights[..., None].expand(shape), 2, best_gt)
              * torch.gather(widths[..., None, :].expand(shape), 2, best_gt))
     best_area_sum = torch.gather(area_sum[..., None, None].expand(shape), 2, best_gt)
-    return best_gt[:, :, 0], iou(inter, best_area_sum)[:, :, 0]
+    best_out.copy_(best_gt[:, :, 0])
+    iou_out.copy_(iou(inter, best_area_sum)[:, :, 0])
+    return out
 
 
 def low_quality_gts(heights: Tensor, widths: Tensor, max_height: Tensor, max_width: Tensor, eligible: Tensor,
-                    highest_gt: bool) -> tuple[Tensor, Tensor | None]:
-    """Per anchor (B, a, h, W): whether it is a best anchor of some eligible gt, and (when
-    ``highest_gt``) the highest such gt, or -1.
+                    hits: Tensor, target_gt: Tensor | None = None) -> Tensor:
+    """Per anchor (B, a, h, W): whether it is a best anchor of some eligible gt, written into
+    ``hits`` (a bool view) and returned; with ``target_gt`` (an int32 view) the highest such gt
+    replaces the anchor's target gt there.
 
     heights (B, a, K, h), widths (B, a, K, W); max_height, max_width, eligible (B, a, K). Anchor
     (a, y, x) is one of gt k's best when shape a reaches k's best IoU (``eligible``) and both its
@@ -108,19 +114,21 @@ def low_quality_gts(heights: Tensor, widths: Tensor, max_height: Tensor, max_wid
     if kernels is not None:
         batch, num_base, num_gt, height = heights.shape
         flat = [t.reshape(batch * num_base, num_gt, -1) for t in (heights, widths)]
-        hit_gt = kernels.low_quality_gt(*flat, *(t.reshape(-1, num_gt) for t in (max_height, max_width, eligible)))
-        hit_gt = hit_gt.view(batch, num_base, height, -1)
-        return hit_gt >= 0, hit_gt if highest_gt else None
+        kernels.low_quality_gt(*flat, *(t.reshape(-1, num_gt) for t in (max_height, max_width, eligible)), hits,
+                               target_gt)
+        return hits
     row_hits = heights == max_height[..., None]
     column_hits = (widths == max_width[..., None]) & eligible[..., None]
-    if not highest_gt:
+    if target_gt is None:
         # Any (row hit and column hit) over k: a 0/1 matrix product, exact in floating point.
-        return torch.matmul(row_hits.transpose(-1, -2).to(heights.dtype), column_hits.to(heights.dtype)) > 0, None
+        return hits.copy_(torch.matmul(row_hits.transpose(-1, -2).to(heights.dtype), column_hits.to(heights.dtype)) > 0)
     num_gt = heights.shape[2]
     gt_code = torch.arange(1, num_gt + 1, device=heights.device).to(smallest_int_dtype(num_gt + 1))
     codes = row_hits[..., :, None] * torch.where(column_hits, gt_code[:, None], 0)[..., None, :]
     hit_gt = codes.amax(dim=2).long() - 1
-    return hit_gt >= 0, hit_gt
+    hits.copy_(hit_gt >= 0)
+    target_gt.copy_(torch.where(hits, hit_gt, target_gt))
+    return hits
 
 
 class ShapeChunk(NamedTuple):
@@ -197,15 +205,11 @@ def match_level(chunks: LevelChunks, index: int, gt_best: Tensor | None) -> list
         for top, bottom in chunk.row_ranges:
             rows = slice(top, bottom)
             heights = heights_all[..., rows]                                   # (B, a, K, h)
-            best_gt, best_iou = rank_gts(heights, widths, chunk.area_sum)     # (B, a, h, W)
-            max_iou[:, shapes, rows] = best_iou
+            targets = target_gt[:, shapes, rows]                               # (B, a, h, W) views
+            rank_gts(heights, widths, chunk.area_sum, out=(targets, max_iou[:, shapes, rows]))
             if gt_best is not None:
-                hits, hit_gt = low_quality_gts(heights, widths, max_height, max_width, eligible,
-                                               config.low_quality_reassign)
-                low_quality[:, shapes, rows] = hits
-                if config.low_quality_reassign:
-                    best_gt = torch.where(hits, hit_gt, best_gt)
-            target_gt[:, shapes, rows] = best_gt
+                low_quality_gts(heights, widths, max_height, max_width, eligible, low_quality[:, shapes, rows],
+                                targets if config.low_quality_reassign else None)
     return [t.view(batch, -1) for t in buffers]
 
 

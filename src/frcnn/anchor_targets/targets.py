@@ -58,7 +58,8 @@ def per_coordinate(per_anchor: Tensor, coordinate_weights: tuple[float, float, f
     four are equal (a broadcast product into a size-4 inner dimension is slow on the CPU)."""
     first = coordinate_weights[0]
     if all(weight == first for weight in coordinate_weights):
-        return (per_anchor * first)[..., None].expand(*per_anchor.shape, 4)
+        scaled = per_anchor if first == 1.0 else per_anchor * first  # x * 1.0 is x: no pass needed
+        return scaled[..., None].expand(*per_anchor.shape, 4)
     return per_anchor[..., None] * per_anchor.new_tensor(coordinate_weights)
 
 

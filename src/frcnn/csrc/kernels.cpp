@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "kernels.h"
@@ -38,10 +39,34 @@ void column_ranges(const scalar_t* widths, int64_t count, int64_t width, int64_t
   });
 }
 
+// A (B, a, H, W) output of any strides (a view into the layer's (B, H, W, A) buffers), written
+// row by row: (pair = b * a + shape, y) -> the first element of that row, columns stride() apart.
+template <typename value_t>
+struct StridedRows {
+  value_t* data;
+  int64_t shapes, image_stride, shape_stride, row_stride, column_stride;
+
+  explicit StridedRows(const at::Tensor& view)
+      : data(view.data_ptr<value_t>()), shapes(view.size(1)), image_stride(view.stride(0)),
+        shape_stride(view.stride(1)), row_stride(view.stride(2)), column_stride(view.stride(3)) {}
+
+  value_t* row(int64_t pair, int64_t y) const {
+    return data + (pair / shapes) * image_stride + (pair % shapes) * shape_stride + y * row_stride;
+  }
+};
+
+void check_output(const at::Tensor& view, const at::Tensor& heights, int64_t width, at::ScalarType dtype,
+                  const char* name) {
+  TORCH_CHECK(view.device().is_cpu() && view.dim() == 4 && view.scalar_type() == dtype &&
+                  view.size(0) * view.size(1) == heights.size(0) && view.size(2) == heights.size(2) &&
+                  view.size(3) == width,
+              name, ": expected a (B, a, H, W) CPU view with B a = the pairs of the overlaps");
+}
+
 template <typename scalar_t>
 void rank_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* area_sum, const int64_t* start,
                const int64_t* stop, int64_t num_gt, int64_t height, int64_t width, int64_t begin, int64_t end,
-               int64_t* best, scalar_t* max_iou) {
+               const StridedRows<int32_t>& best, const StridedRows<scalar_t>& max_iou) {
   std::vector<scalar_t> ratio_buffer(width), inter_buffer(width), sum_buffer(width);
   std::vector<int32_t> gt_buffer(width);
   scalar_t* __restrict ratios = ratio_buffer.data();
@@ -75,11 +100,11 @@ void rank_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* 
         frcnn::keep_better(ratio, inter, s, code, ratios[x], inters[x], sums[x], gts[x]);
       }
     }
-    int64_t* __restrict best_row = best + row * width;
-    scalar_t* __restrict iou_row = max_iou + row * width;
+    int32_t* best_row = best.row(pair, y);
+    scalar_t* iou_row = max_iou.row(pair, y);
     for (int64_t x = 0; x < width; ++x) {
-      best_row[x] = gts[x];
-      iou_row[x] = inters[x] / (sums[x] - inters[x]);
+      best_row[x * best.column_stride] = gts[x];
+      iou_row[x * max_iou.column_stride] = inters[x] / (sums[x] - inters[x]);
     }
   }
 }
@@ -94,32 +119,34 @@ void check_overlaps(const at::Tensor& heights, const at::Tensor& widths, const a
 }
 
 // Per anchor, the gt with the largest I / (area_a + area_g) (the lowest index among exact ties)
-// and that gt's IoU: best (R, H, W) int64 and max_iou (R, H, W), area_sum (R, K).
-std::vector<at::Tensor> rank_gts(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& area_sum) {
+// and that gt's IoU, written into best_gt (B, a, H, W) int32 and max_iou (B, a, H, W) (views of
+// any strides); area_sum (R, K) with R = B a.
+void rank_gts(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& area_sum, at::Tensor best_gt,
+              at::Tensor max_iou) {
   check_overlaps(heights, widths, area_sum);
   TORCH_CHECK(area_sum.scalar_type() == heights.scalar_type(), "area_sum must share the overlaps' dtype");
   const auto h = heights.contiguous();
   const auto w = widths.contiguous();
   const auto s = area_sum.contiguous();
   const int64_t pairs = h.size(0), num_gt = h.size(1), height = h.size(2), width = w.size(2);
-  auto best = at::empty({pairs, height, width}, h.options().dtype(at::kLong));
-  auto max_iou = at::empty({pairs, height, width}, h.options());
+  check_output(best_gt, h, width, at::kInt, "best_gt");
+  check_output(max_iou, h, width, h.scalar_type(), "max_iou");
   std::vector<int64_t> start(pairs * num_gt), stop(pairs * num_gt);
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "rank_gts", [&] {
+    const StridedRows<int32_t> best_rows(best_gt);
+    const StridedRows<scalar_t> iou_rows(max_iou);
     column_ranges<scalar_t>(w.data_ptr<scalar_t>(), pairs * num_gt, width, start.data(), stop.data());
     at::parallel_for(0, pairs * height, 8, [&](int64_t begin, int64_t end) {
       rank_rows<scalar_t>(h.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), start.data(),
-                          stop.data(), num_gt, height, width, begin, end, best.data_ptr<int64_t>(),
-                          max_iou.data_ptr<scalar_t>());
+                          stop.data(), num_gt, height, width, begin, end, best_rows, iou_rows);
     });
   });
-  return {best, max_iou};
 }
 
 template <typename scalar_t>
 void low_quality_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* max_height,
                       const scalar_t* max_width, const bool* eligible, int64_t num_gt, int64_t height, int64_t width,
-                      int64_t begin, int64_t end, int64_t* gt_out) {
+                      int64_t begin, int64_t end, const StridedRows<bool>& hits, const StridedRows<int32_t>* target) {
   std::vector<int32_t> gt_buffer(width);
   int32_t* __restrict gts = gt_buffer.data();
   for (int64_t row = begin; row < end; ++row) {
@@ -140,17 +167,27 @@ void low_quality_rows(const scalar_t* heights, const scalar_t* widths, const sca
         gts[x] = (code & mask) | (gts[x] & ~mask);
       }
     }
-    int64_t* __restrict out = gt_out + row * width;
+    bool* hit_row = hits.row(pair, y);
     for (int64_t x = 0; x < width; ++x) {
-      out[x] = gts[x];
+      hit_row[x * hits.column_stride] = gts[x] >= 0;
+    }
+    if (target != nullptr) {
+      int32_t* target_row = target->row(pair, y);
+      for (int64_t x = 0; x < width; ++x) {
+        if (gts[x] >= 0) {
+          target_row[x * target->column_stride] = gts[x];
+        }
+      }
     }
   }
 }
 
-// Per anchor, the highest eligible gt k whose row overlap equals max_height[k] and whose column
-// overlap equals max_width[k] (the anchor is one of k's best), or -1: (R, H, W) int64.
-at::Tensor low_quality_gt(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& max_height,
-                          const at::Tensor& max_width, const at::Tensor& eligible) {
+// Per anchor, whether it is one of some eligible gt k's best anchors (its row overlap equals
+// max_height[k] and its column overlap max_width[k]), written into hits (B, a, H, W) bool; with
+// target (B, a, H, W) int32, the highest such gt replaces the anchor's target there.
+void low_quality_gt(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& max_height,
+                    const at::Tensor& max_width, const at::Tensor& eligible, at::Tensor hits,
+                    const c10::optional<at::Tensor>& target) {
   check_overlaps(heights, widths, max_height);
   TORCH_CHECK(max_width.sizes() == max_height.sizes() && eligible.sizes() == max_height.sizes() &&
                   max_height.scalar_type() == heights.scalar_type() && max_width.scalar_type() == heights.scalar_type() &&
@@ -162,15 +199,20 @@ at::Tensor low_quality_gt(const at::Tensor& heights, const at::Tensor& widths, c
   const auto mw = max_width.contiguous();
   const auto ok = eligible.contiguous();
   const int64_t pairs = h.size(0), num_gt = h.size(1), height = h.size(2), width = w.size(2);
-  auto gt_out = at::empty({pairs, height, width}, h.options().dtype(at::kLong));
+  check_output(hits, h, width, at::kBool, "hits");
+  if (target.has_value()) {
+    check_output(*target, h, width, at::kInt, "target");
+  }
+  const StridedRows<bool> hit_rows(hits);
+  const std::optional<StridedRows<int32_t>> target_rows =
+      target.has_value() ? std::optional<StridedRows<int32_t>>(StridedRows<int32_t>(*target)) : std::nullopt;
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "low_quality_gt", [&] {
     at::parallel_for(0, pairs * height, 8, [&](int64_t begin, int64_t end) {
       low_quality_rows<scalar_t>(h.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), mh.data_ptr<scalar_t>(),
                                  mw.data_ptr<scalar_t>(), ok.data_ptr<bool>(), num_gt, height, width, begin, end,
-                                 gt_out.data_ptr<int64_t>());
+                                 hit_rows, target_rows ? &*target_rows : nullptr);
     });
   });
-  return gt_out;
 }
 
 // frcnn.sampling.sample_balanced: per row, the num_fg positives with the largest keys, then the
@@ -259,8 +301,8 @@ void sample_row(const bool* positive, const bool* negative, const int32_t* keys,
 }  // namespace frcnn
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("rank_gts", &rank_gts, "Per-anchor best gt and its IoU over a grid level (CPU)");
-  m.def("low_quality_gt", &low_quality_gt, "Per-anchor highest gt it is a best anchor of, or -1 (CPU)");
+  m.def("rank_gts", &rank_gts, "Per-anchor best gt and its IoU over a grid level, into given views (CPU)");
+  m.def("low_quality_gt", &low_quality_gt, "Per-anchor low-quality hits (and reassigned gt), into given views (CPU)");
   m.def("bin_anchors", &bin_anchors, "Anchors (N, 4) bucketed by size class, x1 and y1 (CPU)");
   m.def("rank_boxes", &rank_boxes, "Per-anchor best gt and its IoU for arbitrary anchors (CPU)");
   m.def("low_quality_boxes", &low_quality_boxes, "Per-anchor highest gt it is a best anchor of, or -1 (CPU)");

@@ -6,6 +6,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -57,20 +58,25 @@ void classify_row(const Inputs<scalar_t>& in, const Rules& rules, int64_t b, boo
   const scalar_t positive_threshold = has_gt ? static_cast<scalar_t>(rules.positive_overlap) : inf;
   const int64_t offset = b * in.num_anchors;
   const scalar_t* iou = in.max_iou + offset;
-  const bool* low_quality = in.low_quality + offset;
-  const bool* inside = in.inside + offset;
-  for (int64_t n = 0; n < in.num_anchors; ++n) {
-    const bool below = iou[n] < below_threshold;
-    bool is_positive = iou[n] >= positive_threshold || low_quality[n];
-    bool is_negative;
-    if (rules.clobber_positives) {
-      is_positive = is_positive && !below;
-      is_negative = below;
-    } else {
-      is_negative = below && !is_positive;
+  const uint8_t* low_quality = reinterpret_cast<const uint8_t*>(in.low_quality + offset);
+  const uint8_t* inside = reinterpret_cast<const uint8_t*>(in.inside + offset);
+  uint8_t* __restrict is_positive = reinterpret_cast<uint8_t*>(positive);
+  uint8_t* __restrict is_negative = reinterpret_cast<uint8_t*>(negative);
+  // Branch-free over uint8 masks (0 or 1), one loop per rule, so that each vectorises.
+  if (rules.clobber_positives) {
+    for (int64_t n = 0; n < in.num_anchors; ++n) {
+      const uint8_t below = iou[n] < below_threshold;
+      const uint8_t above = (iou[n] >= positive_threshold) | low_quality[n];
+      is_positive[n] = above & (below ^ 1) & inside[n];
+      is_negative[n] = below & inside[n];
     }
-    positive[n] = is_positive && inside[n];
-    negative[n] = is_negative && inside[n];
+  } else {
+    for (int64_t n = 0; n < in.num_anchors; ++n) {
+      const uint8_t below = iou[n] < below_threshold;
+      const uint8_t above = (iou[n] >= positive_threshold) | low_quality[n];
+      is_positive[n] = above & inside[n];
+      is_negative[n] = below & (above ^ 1) & inside[n];
+    }
   }
   if (in.excluded != nullptr) {
     const bool* excluded = in.excluded + offset;
@@ -113,36 +119,49 @@ void finish_row(const Inputs<scalar_t>& in, const Rules& rules, int64_t b, const
     positive = keep_positive;
     negative = keep_negative;
   }
+  // Branch-free loops over uint8 masks, each of which vectorises.
+  const uint8_t* is_positive = reinterpret_cast<const uint8_t*>(positive);
+  const uint8_t* is_negative = reinterpret_cast<const uint8_t*>(negative);
   int64_t positives = 0, negatives = 0;
   for (int64_t n = 0; n < size; ++n) {
-    positives += positive[n];
-    negatives += negative[n];
+    positives += is_positive[n];
+    negatives += is_negative[n];
   }
   scalar_t of_positive, of_negative;
   outside_values<scalar_t>(positives, negatives, rules.positive_weight, &of_positive, &of_negative);
 
-  const bool has_gt = in.has_gt[b];
   const int32_t* target_gt = in.target_gt + offset;
+  int64_t* __restrict labels = out.labels + offset;
+  int64_t* __restrict matched_gt = out.matched_gt + offset;
+  scalar_t* __restrict inside_weights = static_cast<scalar_t*>(out.inside_weights) + offset;
+  scalar_t* __restrict outside_weights = static_cast<scalar_t*>(out.outside_weights) + offset;
+  for (int64_t n = 0; n < size; ++n) {
+    labels[n] = 2 * static_cast<int64_t>(is_positive[n]) + static_cast<int64_t>(is_negative[n]) - 1;
+    matched_gt[n] = is_positive[n] ? static_cast<int64_t>(target_gt[n]) : int64_t(-1);
+    inside_weights[n] = static_cast<scalar_t>(is_positive[n]);
+    outside_weights[n] = is_positive[n] ? of_positive : is_negative[n] ? of_negative : scalar_t(0);
+  }
+
+  // Each anchor's target code (an anchor without a target takes its own: its deltas come out
+  // exactly zero, as in the twin), then the deltas over all 4 N values at once.
+  const bool has_gt = in.has_gt[b];
   const bool* inside = in.inside + offset;
   const scalar_t* gt_codes = in.gt_codes + b * in.num_gt * 4;
-  int64_t* labels = out.labels + offset;
-  int64_t* matched_gt = out.matched_gt + offset;
-  scalar_t* targets = static_cast<scalar_t*>(out.targets) + offset * 4;
-  scalar_t* inside_weights = static_cast<scalar_t*>(out.inside_weights) + offset;
-  scalar_t* outside_weights = static_cast<scalar_t*>(out.outside_weights) + offset;
+  scalar_t* __restrict targets = static_cast<scalar_t*>(out.targets) + offset * 4;
   for (int64_t n = 0; n < size; ++n) {
-    labels[n] = positive[n] ? 1 : negative[n] ? 0 : -1;
-    matched_gt[n] = positive[n] ? target_gt[n] : -1;
-    inside_weights[n] = positive[n] ? scalar_t(1) : scalar_t(0);
-    outside_weights[n] = positive[n] ? of_positive : negative[n] ? of_negative : scalar_t(0);
-    // An anchor without a target is encoded against itself: exactly zero, as in the twin.
-    const scalar_t* target = (inside[n] && has_gt) ? gt_codes + target_gt[n] * 4 : in.anchor_codes + n * 4;
-    for (int c = 0; c < 4; ++c) {
-      scalar_t delta = (target[c] - in.anchor_codes[n * 4 + c]) / in.anchor_scales[n * 4 + c];
-      if (rules.weighted) {
-        delta = delta * static_cast<scalar_t>(rules.bbox_weights[c]);
-      }
-      targets[n * 4 + c] = delta;
+    const scalar_t* source = (inside[n] && has_gt) ? gt_codes + target_gt[n] * 4 : in.anchor_codes + n * 4;
+    std::memcpy(targets + n * 4, source, 4 * sizeof(scalar_t));
+  }
+  const scalar_t* __restrict codes = in.anchor_codes;
+  const scalar_t* __restrict scales = in.anchor_scales;
+  for (int64_t i = 0; i < 4 * size; ++i) {
+    targets[i] = (targets[i] - codes[i]) / scales[i];
+  }
+  if (rules.weighted) {
+    const scalar_t weights[4] = {static_cast<scalar_t>(rules.bbox_weights[0]), static_cast<scalar_t>(rules.bbox_weights[1]),
+                                 static_cast<scalar_t>(rules.bbox_weights[2]), static_cast<scalar_t>(rules.bbox_weights[3])};
+    for (int64_t i = 0; i < 4 * size; ++i) {
+      targets[i] = targets[i] * weights[i % 4];
     }
   }
 }
