@@ -242,10 +242,16 @@ needs_compiler = pytest.mark.skipif(shutil.which("cc") is None and shutil.which(
 
 
 @needs_compiler
-def test_compiles_without_graph_breaks():
+@pytest.mark.parametrize("form", ["grid", "plain", "shuffled"])
+def test_compiles_without_graph_breaks(form):
+    """A grid, the same anchors as a plain tensor, and that tensor shuffled: each traces into one
+    graph (a plain tensor takes the box-matching twin there) with the eager outputs."""
     gt, num, im_info = crowded_batch(batch=2, num_gt=6)
     gt, im_info = gt.float(), im_info.float()
     grid = grid_anchors(generate_anchors(16, (0.5, 1, 2), (1, 2, 4)), 12, 16, 16)
+    order = torch.randperm(grid.num_anchors, generator=torch.Generator().manual_seed(0))
+    grid = {"grid": grid, "plain": grid.boxes, "shuffled": grid.boxes[order]}[form]
+    torch._dynamo.reset()
     compiled = torch.compile(compute_anchor_targets, fullgraph=True)
 
     exact = AnchorTargetConfig(batch_size=None, low_quality_reassign=True)
