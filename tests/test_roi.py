@@ -220,3 +220,33 @@ def test_detect_matches_a_per_image_per_class_reference():
         if want:
             torch.testing.assert_close(got["boxes"], torch.stack([w[2] for w in want]))
     assert len(results[0]["boxes"]) == 12  # capped at detections_per_image
+
+
+@pytest.mark.parametrize("strides", [(16,), (4, 8, 16, 32)], ids=["one-level", "fpn"])
+def test_eval_head_classifies_only_the_valid_rows(strides):
+    """In eval mode the valid boxes are pooled and classified packed: their outputs are the ones
+    of the unpacked head (torchvision's RoIAlign as the reference pooling), the others zero."""
+    from frcnn.roi import RoIHead, box_head
+
+    torch.manual_seed(0)
+    config = HeadConfig(fc_dim=32)
+    features = [torch.randn(2, 8, 64 // s, 96 // s) for s in strides]
+    head = RoIHead(RoIPooler(config, strides), box_head(8, config), num_classes=3).eval()
+    corners = torch.rand(2, 30, 2) * 60
+    boxes = torch.cat([corners, corners + torch.rand(2, 30, 2) * 30 + 1], dim=-1)
+    valid = torch.rand(2, 30) < 0.6
+    with torch.no_grad():
+        logits, deltas = head(features, boxes, valid)
+        rois = torch.cat([torch.arange(2).repeat_interleave(30)[:, None].float(), boxes.reshape(-1, 4)], dim=1)
+        levels = fpn_levels(rois[:, 1:], head.pooler.num_levels, head.pooler.finest_level)
+        pooled = torch.zeros(60, 8, 7, 7)
+        for level, (feature, scale) in enumerate(zip(features, head.pooler.scales)):
+            chosen = levels == level
+            pooled[chosen] = torchvision.ops.roi_align(feature, rois[chosen], 7, scale, config.sampling_ratio,
+                                                       aligned=config.aligned)
+        hidden = head.trunk(pooled)
+        want_logits = head.cls_score(hidden).view(2, 30, -1)
+        want_deltas = head.bbox_pred(hidden).view(2, 30, 4, 4)
+    assert torch.allclose(logits[valid], want_logits[valid], atol=1e-5)
+    assert torch.allclose(deltas[valid], want_deltas[valid], atol=1e-5)
+    assert (logits[~valid] == 0).all() and (deltas[~valid] == 0).all()

@@ -111,7 +111,7 @@ class FasterRCNN(nn.Module):
         logits, deltas = self.rpn_head(features)
         proposals = self._propose(logits, deltas, self.anchor_grids(features, images.shape[-2:]), im_info,
                                   training=False).trimmed()
-        class_logits, box_deltas = self.roi_head(features, proposals.boxes)
+        class_logits, box_deltas = self.roi_head(features, proposals.boxes, proposals.valid)
         return detect_objects(class_logits, box_deltas, proposals, im_info, self.config.roi_sampling.bbox_weights,
                               test, scale)
 

@@ -157,11 +157,13 @@ def dense_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_s
     return pooled.flatten(0, 1)
 
 
-def _with_batch_index(boxes: Tensor) -> Tensor:
-    """boxes (B, R, 4) -> rois (B * R, 5) rows (batch_index, x1, y1, x2, y2)."""
-    batch, rois = boxes.shape[:2]
-    index = torch.arange(batch, device=boxes.device, dtype=boxes.dtype).repeat_interleave(rois)
-    return torch.cat((index[:, None], boxes.reshape(-1, 4)), dim=1)
+def _with_batch_index(boxes: Tensor, image: Tensor | None = None) -> Tensor:
+    """boxes (B, R, 4), or (K, 4) with the image (K,) of each -> rois (B * R or K, 5) rows
+    (batch_index, x1, y1, x2, y2)."""
+    if image is None:
+        batch, rois = boxes.shape[:2]
+        image = torch.arange(batch, device=boxes.device).repeat_interleave(rois)
+    return torch.cat((image.to(boxes.dtype)[:, None], boxes.reshape(-1, 4)), dim=1)
 
 
 def fpn_levels(boxes: Tensor, num_levels: int, finest_level: int) -> Tensor:
@@ -173,7 +175,8 @@ def fpn_levels(boxes: Tensor, num_levels: int, finest_level: int) -> Tensor:
 
 
 class RoIPooler(nn.Module):
-    """Pools features for R boxes per image: (B, R, 4) -> (B * R, C, S, S), RoIs image-major.
+    """Pools features for boxes: (B, R, 4), R per image, -> (B * R, C, S, S), RoIs image-major;
+    or (K, 4) with the image (K,) of each -> (K, C, S, S).
 
     One level: RoIAlign (dense or torchvision's) or RoIPool at the level's stride.
     Several (FPN): each box is pooled from its ``fpn_levels`` level; the levels span log2 of the
@@ -188,10 +191,10 @@ class RoIPooler(nn.Module):
         self.finest_level = round(math.log2(strides[0]))
         self.num_levels = round(math.log2(strides[-1])) - self.finest_level + 1
 
-    def forward(self, features: Sequence[Tensor], boxes: Tensor) -> Tensor:
+    def forward(self, features: Sequence[Tensor], boxes: Tensor, image: Tensor | None = None) -> Tensor:
         if len(self.scales) == 1:
-            return self._pool_level(features[0], boxes, self.scales[0])
-        rois = _with_batch_index(boxes)
+            return self._pool_level(features[0], boxes, self.scales[0], image)
+        rois = _with_batch_index(boxes, image)
         levels = fpn_levels(rois[:, 1:], self.num_levels, self.finest_level)
         size = self.config.output_size
         pooled = features[0].new_zeros(rois.shape[0], features[0].shape[1], size, size)
@@ -200,13 +203,25 @@ class RoIPooler(nn.Module):
             pooled[chosen] = self._pool_rois(feature, rois[chosen], scale)
         return pooled
 
-    def _pool_level(self, feature: Tensor, boxes: Tensor, scale: float) -> Tensor:
+    def inference_features(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """The feature maps as inference pools them best: channels last in memory for the gather
+        RoIAlign (its (B H W, C) table is then a view, not a copy per call); as they are else."""
+        config = self.config
+        if len(self.scales) == 1 and config.pooler == "align" and config.align_impl == "dense":
+            return [f.contiguous(memory_format=torch.channels_last) for f in features]
+        return list(features)
+
+    def _pool_level(self, feature: Tensor, boxes: Tensor, scale: float, image: Tensor | None) -> Tensor:
         config = self.config
         if config.pooler == "align" and config.align_impl == "dense":
             # Without a gradient to compute, gathering the cells each RoI reads is several times faster.
-            align = dense_roi_align if feature.requires_grad and torch.is_grad_enabled() else gather_roi_align
-            return align(feature, boxes, config.output_size, scale, config.sampling_ratio, config.aligned)
-        return self._pool_rois(feature, _with_batch_index(boxes), scale)
+            if not (feature.requires_grad and torch.is_grad_enabled()):
+                return gather_roi_align(feature, boxes, config.output_size, scale, config.sampling_ratio,
+                                        config.aligned, image)
+            if image is None:
+                return dense_roi_align(feature, boxes, config.output_size, scale, config.sampling_ratio,
+                                       config.aligned)
+        return self._pool_rois(feature, _with_batch_index(boxes, image), scale)
 
     def _pool_rois(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         config = self.config
@@ -253,22 +268,33 @@ class RoIHead(nn.Module):
             nn.init.normal_(layer.weight, std=std)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, features: Sequence[Tensor], boxes: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Sequence[Tensor], boxes: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """boxes (B, R, 4) -> class logits (B, R, C + 1) and box deltas (B, R, C + 1, 4).
 
-        In eval mode a RoI's outputs depend on its own pooled features only, so the RoIs go
-        through the pooler and the trunk in chunks small enough to reuse memory (large fresh
-        buffers cost more in page faults than the pooling itself)."""
+        In eval mode only the ``valid`` (B, R) boxes (all when None) are pooled and classified,
+        packed (one host synchronisation); the other rows come out zero. A RoI's outputs depend on
+        its own pooled features only, so the packed RoIs go through the pooler and the trunk in
+        chunks small enough to reuse memory (large fresh buffers cost more in page faults than
+        the pooling itself)."""
         batch, rois = boxes.shape[:2]
         if self.training:
             hidden = self.trunk(self.pooler(features, boxes))
-        else:
-            per_roi = batch * features[0].shape[1] * self.pooler.config.output_size**2
-            chunks = _chunks(rois, per_roi) or [(0, 0)]
-            hidden = torch.cat([self.trunk(self.pooler(features, boxes[:, start:stop])).view(batch, stop - start, -1)
-                                for start, stop in chunks], dim=1).flatten(0, 1)
-        logits = self.cls_score(hidden).view(batch, rois, -1)
-        return logits, self.bbox_pred(hidden).view(batch, rois, logits.shape[-1], 4)
+            logits = self.cls_score(hidden).view(batch, rois, -1)
+            return logits, self.bbox_pred(hidden).view(batch, rois, logits.shape[-1], 4)
+        if valid is None:
+            valid = torch.ones(batch, rois, dtype=torch.bool, device=boxes.device)
+        image, roi = valid.nonzero(as_tuple=True)
+        packed = boxes[image, roi]
+        features = self.pooler.inference_features(features)
+        per_roi = features[0].shape[1] * self.pooler.config.output_size**2
+        hidden = torch.cat([self.trunk(self.pooler(features, packed[start:stop], image[start:stop]))
+                            for start, stop in _chunks(packed.shape[0], per_roi) or [(0, 0)]])
+        classes = self.cls_score.out_features
+        logits = hidden.new_zeros(batch, rois, classes)
+        deltas = hidden.new_zeros(batch, rois, classes, 4)
+        logits[image, roi] = self.cls_score(hidden)
+        deltas[image, roi] = self.bbox_pred(hidden).view(-1, classes, 4)
+        return logits, deltas
 
 
 def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, sample: RoISample,

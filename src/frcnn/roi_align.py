@@ -59,26 +59,28 @@ def roi_extents(boxes: Tensor, spatial_scale: float, aligned: bool) -> tuple[Ten
 
 
 def gather_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float,
-                     sampling_ratio: int, aligned: bool = True) -> Tensor:
-    """``torchvision.ops.roi_align(..., aligned=aligned)`` with R boxes per image, as a weighted
-    gather.
+                     sampling_ratio: int, aligned: bool = True, image: Tensor | None = None) -> Tensor:
+    """``torchvision.ops.roi_align(..., aligned=aligned)`` as a weighted gather.
 
-    features (B, C, H, W), boxes (B, R, 4) in image coordinates -> (B * R, C, S, S), RoIs
-    image-major, channels last in memory (a flatten or a convolution takes it as it is). Bin
-    (s, t) of a RoI is the sum over its cells (y, x) of weight_y * weight_x * features[:, y, x];
+    features (B, C, H, W); boxes (B, R, 4) in image coordinates, R per image, or boxes (K, 4)
+    with ``image`` (K,) the image of each -> (B * R or K, C, S, S), channels last in memory (a
+    flatten or a convolution takes it as it is; features channels last in memory save a copy).
+    Bin (s, t) of a RoI is the sum over its cells (y, x) of weight_y * weight_x * features[:, y, x];
     no gradient flows to the boxes.
     """
     batch, channels, height, width = features.shape
-    rois, size = boxes.shape[1], output_size
+    size = output_size
+    if image is None:
+        image = torch.arange(batch, device=boxes.device)[:, None].expand(boxes.shape[:2])
     starts, lengths = roi_extents(boxes.detach().to(features.dtype), spatial_scale, aligned)
     rows, weights_y = _axis_cells(starts[..., 1], lengths[..., 1], size, sampling_ratio, height)
     columns, weights_x = _axis_cells(starts[..., 0], lengths[..., 0], size, sampling_ratio, width)
-    image = torch.arange(batch, device=boxes.device)[:, None, None, None, None, None] * (height * width)
-    # (B, R, S, S, 2 sampling_ratio, 2 sampling_ratio): rows of the (B H W, C) table and weights.
-    cells = image + rows[:, :, :, None, :, None] * width + columns[:, :, None, :, None, :]
-    weights = weights_y[:, :, :, None, :, None] * weights_x[:, :, None, :, None, :]
+    # (..., S, S, 2 sampling_ratio, 2 sampling_ratio): rows of the (B H W, C) table and weights.
+    offset = (image * (height * width))[..., None, None, None, None]
+    cells = offset + rows[..., :, None, :, None] * width + columns[..., None, :, None, :]
+    weights = weights_y[..., :, None, :, None] * weights_x[..., None, :, None, :]
     table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     per_bin = cells.shape[-1] * cells.shape[-2]
     pooled = F.embedding_bag(cells.reshape(-1, per_bin), table, mode="sum",
                              per_sample_weights=weights.reshape(-1, per_bin))
-    return pooled.view(batch * rois, size, size, channels).permute(0, 3, 1, 2)
+    return pooled.view(-1, size, size, channels).permute(0, 3, 1, 2)
