@@ -159,10 +159,11 @@ def suggest_anchors(gt: GroundTruth, model: ModelConfig, current: GtFit, *,
                     progress: Callable[[str], None] | None = None) -> Suggestion:
     """Anchors for ``model`` that cover more of ``gt`` (``current`` is the fit of the model's own).
 
-    With more than one level (FPN) the search varies each level's sizes on their own, starting
-    from one shared set of scales (``in_pixels``); the ratios are shared by every level. Never
-    worse than the current anchors on every image: when the search's winner measures lower there
-    (or only equal), the current anchors come back.
+    A coordinate search from the better of the clustered start and the current anchors, up to
+    ``max_evaluations`` anchor sets. With more than one level (FPN) and shared scales, the winner
+    is then refined level by level (per-level ``sizes``, ``in_pixels``; the ratios stay shared)
+    with up to ``max_evaluations`` more. Never worse than the current anchors on every image:
+    when the search's winner measures lower there (or only equal), the current anchors come back.
     """
     geometry = FeatureGeometry(model.backbone)
     generator = torch.Generator().manual_seed(seed)
@@ -176,14 +177,24 @@ def suggest_anchors(gt: GroundTruth, model: ModelConfig, current: GtFit, *,
             cache[anchors] = Score.of(fit_ground_truth(sample, replace(model, anchors=anchors), geometry))
         return cache[anchors]
 
-    per_level = len(geometry.strides) > 1
-
-    def searched(anchors: AnchorConfig) -> AnchorConfig:
-        return in_pixels(anchors, geometry.strides) if per_level and not anchors.sizes else anchors
+    def climb(best: AnchorConfig, limit: int) -> AnchorConfig:
+        for step in STEPS:
+            improved = True
+            while improved and len(cache) < limit:
+                improved = False
+                for candidate in neighbours(best, step):
+                    if len(cache) >= limit:
+                        break
+                    if score(candidate).key() > score(best).key():
+                        best, improved = candidate, True
+                if progress:
+                    progress(f"step {step:.3f}: coverage {score(best).coverage:.4f} on the sample "
+                             f"({len(cache)} anchor sets tried)")
+        return best
 
     num_scales = model.anchors.num_anchors // len(model.anchors.ratios)
     num_scales, num_ratios = anchor_shape(num_scales, len(model.anchors.ratios), anchors_per_cell)
-    current_form = start = searched(model.anchors)
+    start = model.anchors
     if len(sample):
         strides = torch.tensor(geometry.strides, dtype=torch.float64)[current.best_level[in_sample]]
         shapes = torch.stack((sample.boxes[:, 2] - sample.boxes[:, 0], sample.boxes[:, 3] - sample.boxes[:, 1]), 1)
@@ -191,27 +202,18 @@ def suggest_anchors(gt: GroundTruth, model: ModelConfig, current: GtFit, *,
         scales, ratios = product_anchors(iou_kmeans(shapes, num_scales * num_ratios, generator), num_scales,
                                          num_ratios)
         clustered = replace(model.anchors, scales=scales, ratios=ratios, sizes=())
-        if model.anchors.sizes or per_level:
+        if model.anchors.sizes:
             clustered = in_pixels(clustered, geometry.strides)
         same_shape = start.num_anchors == num_scales * num_ratios and len(start.ratios) == num_ratios
         start = max((clustered, start) if same_shape else (clustered,), key=lambda a: score(a).key())
-    best = start
-    for step in STEPS:
-        improved = True
-        while improved and len(cache) < max_evaluations:
-            improved = False
-            for candidate in neighbours(best, step):
-                if len(cache) >= max_evaluations:
-                    break
-                if score(candidate).key() > score(best).key():
-                    best, improved = candidate, True
-            if progress:
-                progress(f"step {step:.3f}: coverage {score(best).coverage:.4f} on the sample "
-                         f"({len(cache)} anchor sets tried)")
+    best = climb(start, max_evaluations)
+    if len(geometry.strides) > 1 and not best.sizes:
+        refined = climb(in_pixels(best, geometry.strides), len(cache) + max_evaluations)
+        best = refined if score(refined).key() > score(best).key() else best
     evaluations = len(cache)
-    if best == current_form:
-        return Suggestion(model.anchors, current, score(current_form), score(best), evaluations)
+    if best == model.anchors:
+        return Suggestion(best, current, score(model.anchors), score(best), evaluations)
     full = fit_ground_truth(gt, replace(model, anchors=best), geometry)
     if Score.of(full).key() <= Score.of(current).key():
         best, full = model.anchors, current
-    return Suggestion(best, full, score(current_form), score(best), evaluations)
+    return Suggestion(best, full, score(model.anchors), score(best), evaluations)
