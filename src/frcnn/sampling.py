@@ -33,6 +33,11 @@ def keep_random(candidates: Tensor, keys: Tensor, counts: Tensor, max_count: int
     return torch.zeros_like(candidates).scatter_(1, top_index, chosen), chosen.sum(dim=1)
 
 
+def positive_quota(batch_size: int, fg_fraction: float) -> int:
+    """The most positives a row keeps: int(fg_fraction * batch_size)."""
+    return int(fg_fraction * batch_size)
+
+
 def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, fg_fraction: float,
                     keys: Tensor) -> tuple[Tensor, Tensor]:
     """Per row, keep at most int(fg_fraction * batch_size) positives, then fill the rest of
@@ -43,7 +48,7 @@ def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, fg_frac
     selects in linear time (equal keys at the cut, about one image in 10^5, go to the lower index
     there and to either with the top-k).
     """
-    num_fg = int(fg_fraction * batch_size)
+    num_fg = positive_quota(batch_size, fg_fraction)
     kernels = native.kernels_for(positive)
     if kernels is not None:
         keep_pos, keep_neg = kernels.sample_balanced(positive, negative, keys, num_fg, batch_size)

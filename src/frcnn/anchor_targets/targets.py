@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .. import native
 from ..boxes import box_codes, encode_codes
-from ..sampling import sample_balanced
+from ..sampling import positive_quota, sample_balanced
 from .config import AnchorTargetConfig
 from .outputs import AnchorTargets, Match
 
@@ -97,7 +97,7 @@ def finish_targets(match: Match, has_gt: Tensor, gt: Tensor, anchor_codes: Tenso
     keys = sample_keys if config.batch_size is not None else None
     kernels = native.kernels_for(match.max_iou)
     if kernels is not None and dtype in (torch.float32, torch.float64) and anchor_codes.dtype == dtype:
-        num_fg = int(config.fg_fraction * config.batch_size) if keys is not None else 0
+        num_fg = positive_quota(config.batch_size, config.fg_fraction) if keys is not None else 0
         labels, targets, inside, outside, matched_gt = kernels.finish_targets(
             match.max_iou, match.target_gt, match.low_quality, match.inside, has_gt, excluded, keys,
             box_codes(gt, config.legacy_plus_one)[0], anchor_codes, anchor_scales, config.negative_overlap,

@@ -2,7 +2,7 @@
 // the same values bit for bit: the same operations in the same dtype, built without fused
 // multiply-adds (see frcnn/native.py).
 //
-// The dense steps of the anchor target layer (frcnn/anchor_targets.py) are fused into sweeps that
+// The dense steps of the anchor target layer (frcnn/anchor_targets/) are fused into sweeps that
 // skip zero overlaps. heights (R, K, H) and widths (R, K, W) are the row and column overlaps of the anchors of R
 // (image, anchor shape) pairs with K gts: anchor (r, y, x) meets gt k in
 // heights[r, k, y] * widths[r, k, x].
