@@ -23,8 +23,11 @@ MIN_OPSET = 16
 MAX_OPSET = 20  # the newest the TorchScript exporter writes
 
 # What ``check_parity`` accepts (docs/deploy.md): boxes in input pixels, scores as probabilities.
+# onnxruntime's float32 convolutions round differently from PyTorch's; a trained model's logits
+# then differ by about 1e-4, which moves a probability near 0.5 by up to 2.5e-5 (the main job's
+# own checkpoint), so scores get 1e-4.
 BOX_TOLERANCE = 1e-3
-SCORE_TOLERANCE = 1e-5
+SCORE_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
