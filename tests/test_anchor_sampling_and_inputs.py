@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from frcnn import AnchorTargetConfig, assign_anchor_targets, compute_anchor_targets, generate_anchors, grid_anchors
-from frcnn.sampling import keep_random, random_keys
+from frcnn.sampling import keep_random, random_keys, splitmix_keys
 
 GRID = grid_anchors(generate_anchors(16, (0.5, 1, 2), (1, 2, 4)), 12, 16, 16, dtype=torch.float64)
 
@@ -66,6 +66,23 @@ def test_positive_weight_per_image():
         labels, weights = result.labels[b], result.bbox_outside_weights[b, :, 0]
         assert torch.allclose(weights[labels == 1], torch.tensor(0.25 / int((labels == 1).sum())).double())
         assert torch.allclose(weights[labels == 0], torch.tensor(0.75 / int((labels == 0).sum())).double())
+
+
+def test_keys_are_the_splitmix64_stream():
+    """The published splitmix64 outputs from state 1234567, reduced to their top 31 bits."""
+    outputs = [6457827717110365317, 3203168211198807973, 9817491932198370423, 4593380528125082431,
+               16408922859458223821]
+    keys = splitmix_keys(torch.tensor(1234567), len(outputs))
+    assert keys.tolist() == [(value >> 33) | 1 for value in outputs]
+
+
+def test_keys_repeat_with_the_generator_and_differ_without():
+    first = random_keys((3, 500), generator=torch.Generator().manual_seed(4))
+    again = random_keys((3, 500), generator=torch.Generator().manual_seed(4))
+    other = random_keys((3, 500), generator=torch.Generator().manual_seed(5))
+    assert first.shape == (3, 500) and first.dtype == torch.int32 and torch.equal(first, again)
+    assert bool((first % 2 == 1).all()) and int(first.min()) >= 1
+    assert (first != other).float().mean() > 0.99 and len(torch.unique(first)) == first.numel()
 
 
 def test_selection_is_uniform():

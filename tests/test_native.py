@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from frcnn import AnchorTargetConfig, assign_anchor_targets, concat_anchors, generate_anchors, grid_anchors, native
+from frcnn.anchor_targets.geometry import axis_overlaps, grid_levels
 from frcnn.anchor_targets.grid_matching import low_quality_gts, rank_gts
-from frcnn.sampling import random_keys, sample_balanced
+from frcnn.sampling import random_keys, sample_balanced, splitmix_keys
 
 needs_kernels = pytest.mark.skipif(native.kernels() is None, reason="the compiled CPU kernels cannot be built here")
 
@@ -74,6 +75,56 @@ def test_low_quality_kernel_equals_op_path(monkeypatch, dtype):
                 assert torch.equal(target, want_target), trial
                 kept = start.permute(0, 3, 1, 2)
                 assert torch.equal(target[~hits], kept[~hits]) and (target[hits] < heights.shape[2]).all()
+
+
+@needs_kernels
+def test_key_kernel_equals_op_path(monkeypatch):
+    """Every seed's bits matter: the extremes, signs and sizes around the kernel's chunks."""
+    for seed in (0, 1, -1, 2**63 - 1, -2**63, 1234567, -987654321987):
+        for count in (0, 1, 7, 4096, 4097, 20011):
+            state = torch.tensor(seed, dtype=torch.int64)
+            compiled, fallback = both_paths(monkeypatch, lambda: splitmix_keys(state, count))
+            assert compiled.dtype == torch.int32 and compiled.shape == (count,)
+            assert torch.equal(compiled, fallback), (seed, count)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_axis_overlap_kernel_equals_op_path(monkeypatch, dtype):
+    """Random grids and boxes, partly outside the image, with invalid rows, every border rule and
+    both area conventions."""
+    generator = torch.Generator().manual_seed(11)
+    meeting = 0
+    for trial in range(30):
+        base = generate_anchors(16, (0.5, 1, 2), (float(torch.rand((), generator=generator)) * 8 + 1, 4))
+        height, width = (int(v) for v in torch.randint(1, 14, (2,), generator=generator))
+        level = grid_levels([grid_anchors(base, height, width, 16)], dtype, 0.0)[0]
+        batch, num_boxes = 3, int(torch.randint(1, 9, (), generator=generator))
+        corner = torch.rand(batch, num_boxes, 2, generator=generator, dtype=dtype) * 260 - 30
+        boxes = torch.cat((corner, corner + torch.rand(batch, num_boxes, 2, generator=generator, dtype=dtype) * 120), 2)
+        valid = torch.rand(batch, num_boxes, generator=generator) < 0.8
+        im_info = torch.tensor([[150.0, 190.0, 1.0], [211.0, 97.5, 1.0], [64.0, 250.0, 2.0]], dtype=dtype)
+        border = [None, 0.0, 7.5][trial % 3]
+        offset = float(trial % 2)
+        compiled, fallback = both_paths(monkeypatch, lambda: axis_overlaps(level, boxes, valid, im_info, border, offset))
+        for name, got, want in zip(compiled._fields, compiled, fallback):
+            assert got.dtype == want.dtype and torch.equal(got, want), (trial, name)
+        meeting += bool((compiled.heights * compiled.widths.amax(dim=3, keepdim=True) > 0).any())
+    assert meeting >= 20
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_last_dim_max_kernel_is_amax(dtype):
+    generator = torch.Generator().manual_seed(2)
+    for shape in ((1,), (5, 1), (3, 4, 7), (2, 3, 5, 38)):
+        values = torch.randint(-3, 4, shape, generator=generator).to(dtype)  # many ties
+        values.view(-1)[:: 5] = torch.nan
+        want = values.amax(dim=-1)
+        assert torch.equal(native.kernels().last_dim_max(values).isnan(), want.isnan())
+        assert torch.equal(native.kernels().last_dim_max(values).nan_to_num(), want.nan_to_num()), shape
+    strided = torch.rand(4, 6, 9, dtype=dtype).transpose(1, 2)
+    assert torch.equal(native.kernels().last_dim_max(strided), strided.amax(dim=-1))
 
 
 def distinct_keys(generator: torch.Generator, rows: int, size: int, uniform: bool) -> torch.Tensor:

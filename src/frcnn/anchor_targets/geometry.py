@@ -8,6 +8,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from .. import native
 from ..anchors import AnchorGrid
 from ..boxes import box_codes
 
@@ -95,10 +96,18 @@ class AxisOverlaps(NamedTuple):
 def axis_overlaps(level: Level, boxes: Tensor, valid: Tensor, im_info: Tensor, border: float | None,
                   offset: float) -> AxisOverlaps:
     """Row and column overlaps of a level with boxes (B, K, 4) whose ``valid`` (B, K) rows count;
-    the anchors outside the border of each image meet no box."""
+    the anchors outside the border of each image meet no box. Finite inputs (checked by the
+    layer); on the CPU a compiled kernel computes the same values bit for bit."""
+    batch, (num_base, height, width) = valid.shape[0], level.shape
+    kernels = native.kernels_for(boxes)
+    if kernels is not None and boxes.dtype in (torch.float32, torch.float64):
+        heights, widths, inside_y, inside_x = kernels.axis_overlaps(level.y, level.x, boxes, valid, im_info, border,
+                                                                    offset)
+        inside = (valid.new_ones(()).expand(batch, num_base, height, width) if border is None
+                  else inside_y[..., None] & inside_x[:, :, None, :])
+        return AxisOverlaps(heights, widths, inside)
     heights = axis_overlap(level.y, boxes[..., 1], boxes[..., 3], offset)
     widths = axis_overlap(level.x, boxes[..., 0], boxes[..., 2], offset)
-    batch, (num_base, height, width) = valid.shape[0], level.shape
     if border is None:  # every anchor takes part
         return AxisOverlaps(heights, widths.mul_(valid[:, None, :, None]),
                             valid.new_ones(()).expand(batch, num_base, height, width))

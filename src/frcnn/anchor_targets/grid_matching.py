@@ -64,10 +64,14 @@ def best_per_shape(overlaps: AxisOverlaps, area_sum: Tensor) -> tuple[Tensor, Te
     """The largest row and column overlaps (B, A, K) and the best IoU of each (image, shape, box).
 
     Along a base shape the intersection is height[y] * width[x] and IoU grows with it, so the best
-    anchor of each shape needs only the two axis maxima.
+    anchor of each shape needs only the two axis maxima (on the CPU from a compiled kernel, whose
+    maxima are amax's).
     """
-    max_height = overlaps.heights.amax(dim=3)
-    max_width = overlaps.widths.amax(dim=3)
+    kernels = native.kernels_for(overlaps.heights)
+    if kernels is not None:
+        max_height, max_width = kernels.last_dim_max(overlaps.heights), kernels.last_dim_max(overlaps.widths)
+    else:
+        max_height, max_width = overlaps.heights.amax(dim=3), overlaps.widths.amax(dim=3)
     return max_height, max_width, iou(max_height * max_width, area_sum)
 
 

@@ -215,97 +215,167 @@ void low_quality_gt(const at::Tensor& heights, const at::Tensor& widths, const a
   });
 }
 
-// frcnn.sampling.sample_balanced: per row, the num_fg positives with the largest keys, then the
-// batch_size - kept negatives with the largest keys. positive, negative (B, N) bool, keys (B, N)
-// int32 in [1, 2^31) -> kept positives and kept negatives (B, N) bool. Linear time; top-k keeps
-// the same sets except, possibly, between two equal keys at the cut.
-std::vector<at::Tensor> sample_balanced(const at::Tensor& positive, const at::Tensor& negative, const at::Tensor& keys,
-                                        int64_t num_fg, int64_t batch_size) {
-  TORCH_CHECK(positive.device().is_cpu() && negative.device().is_cpu() && keys.device().is_cpu(), "CPU tensors only");
-  TORCH_CHECK(positive.dim() == 2 && positive.sizes() == negative.sizes() && positive.sizes() == keys.sizes() &&
-                  positive.scalar_type() == at::kBool && negative.scalar_type() == at::kBool &&
-                  keys.scalar_type() == at::kInt,
-              "expected positive, negative (B, N) bool and keys (B, N) int32");
-  TORCH_CHECK(0 <= num_fg && num_fg <= batch_size, "expected 0 <= num_fg <= batch_size");
-  const auto pos = positive.contiguous();
-  const auto neg = negative.contiguous();
-  const auto key = keys.contiguous();
-  const int64_t rows = pos.size(0), size = pos.size(1);
-  auto keep_pos = at::zeros_like(pos);
-  auto keep_neg = at::zeros_like(neg);
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<frcnn::Candidate> chosen;
-    for (int64_t b = begin; b < end; ++b) {
-      frcnn::sample_row(pos.data_ptr<bool>() + b * size, neg.data_ptr<bool>() + b * size,
-                        key.data_ptr<int32_t>() + b * size, size, num_fg, batch_size,
-                        keep_pos.data_ptr<bool>() + b * size, keep_neg.data_ptr<bool>() + b * size, chosen);
+// The overlap lengths of anchor extents [starts, ends] (A, L) with the [lo, hi] extents of boxes
+// (B, K, 4), times a mask: out (B, A, K, L). axis_overlap then axis_overlaps's masking in
+// frcnn.anchor_targets.geometry, for finite inputs: min(end, hi) - max(start, lo), plus offset,
+// clamped at 0, and zero where the anchor's extent is outside the border (inside (B, A, L)) or
+// for an invalid box (when mask_valid). One short loop per step, each of which vectorises.
+template <typename scalar_t>
+void axis_overlap(const scalar_t* starts, const scalar_t* ends, const scalar_t* boxes, int64_t lo_column,
+                  const bool* valid, bool mask_valid, const bool* inside, int64_t pairs, int64_t num_base,
+                  int64_t num_boxes, int64_t length, scalar_t offset, scalar_t* out) {
+  using mask_t = typename frcnn::SameSizeInt<scalar_t>::type;
+  at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / num_base, a = pair % num_base;
+      const scalar_t* __restrict first = starts + a * length;
+      const scalar_t* __restrict last = ends + a * length;
+      const uint8_t* in_border = inside == nullptr ? nullptr : reinterpret_cast<const uint8_t*>(inside + pair * length);
+      for (int64_t k = 0; k < num_boxes; ++k) {
+        const scalar_t* box = boxes + (b * num_boxes + k) * 4;
+        const scalar_t lo = box[lo_column], hi = box[lo_column + 2];
+        scalar_t* __restrict row = out + (pair * num_boxes + k) * length;
+        if (mask_valid && !valid[b * num_boxes + k]) {
+          std::fill(row, row + length, scalar_t(0));
+          continue;
+        }
+        for (int64_t i = 0; i < length; ++i) {
+          const scalar_t top = last[i] < hi ? last[i] : hi;
+          const scalar_t bottom = first[i] > lo ? first[i] : lo;
+          row[i] = top - bottom;
+        }
+        if (offset != 0) {
+          for (int64_t i = 0; i < length; ++i) {
+            row[i] += offset;
+          }
+        }
+        for (int64_t i = 0; i < length; ++i) {
+          row[i] = row[i] < 0 ? scalar_t(0) : row[i];
+        }
+        if (in_border != nullptr) {
+          for (int64_t i = 0; i < length; ++i) {
+            row[i] = frcnn::pick(-static_cast<mask_t>(in_border[i]), row[i], scalar_t(0));
+          }
+        }
+      }
     }
   });
-  return {keep_pos, keep_neg};
 }
 
-}  // namespace
-
-namespace frcnn {
-
-namespace {
-
-// Stronger means kept first: the larger key, then the lower index.
-inline bool stronger(const Candidate& a, const Candidate& b) {
-  return a.key > b.key || (a.key == b.key && a.index < b.index);
-}
-
-// Keeps the count strongest of the candidates (all if there are fewer).
-void keep_strongest(std::vector<Candidate>& candidates, size_t count) {
-  if (candidates.size() > count) {
-    std::nth_element(candidates.begin(), candidates.begin() + count, candidates.end(), stronger);
-    candidates.resize(count);
-  }
-}
-
-// The candidates of mask whose key is at least threshold.
-void collect(const bool* mask, const int32_t* keys, int64_t size, int64_t threshold, std::vector<Candidate>& out) {
-  out.clear();
-  for (int64_t n = 0; n < size; ++n) {
-    if (mask[n] && keys[n] >= threshold) {
-      out.push_back({keys[n], n});
+// Whether anchor extents [starts, ends] (A, L) lie in [-border, limit + border) of each image:
+// (B, A, L), limit the im_info column (height or width); the comparisons in scalar_t, as the twin's.
+template <typename scalar_t>
+at::Tensor axis_inside(const at::Tensor& starts, const at::Tensor& ends, const at::Tensor& im_info, int64_t column,
+                       double border) {
+  const int64_t batch = im_info.size(0), count = starts.numel();
+  auto inside = at::empty({batch, starts.size(0), starts.size(1)}, starts.options().dtype(at::kBool));
+  const scalar_t* first = starts.data_ptr<scalar_t>();
+  const scalar_t* last = ends.data_ptr<scalar_t>();
+  const scalar_t* info = im_info.data_ptr<scalar_t>();
+  const scalar_t low = -static_cast<scalar_t>(border);
+  bool* out = inside.data_ptr<bool>();
+  for (int64_t b = 0; b < batch; ++b) {
+    const scalar_t high = info[b * 3 + column] + static_cast<scalar_t>(border);
+    for (int64_t i = 0; i < count; ++i) {
+      out[b * count + i] = first[i] >= low && last[i] < high;
     }
   }
+  return inside;
+}
+
+// frcnn.anchor_targets.geometry.axis_overlaps for a level's extents y (A, H, 2) and x (A, W, 2):
+// heights (B, A, K, H), widths (B, A, K, W) and, with a border, inside_y (B, A, H) and
+// inside_x (B, A, W) (undefined without one).
+std::vector<at::Tensor> axis_overlaps(const at::Tensor& y, const at::Tensor& x, const at::Tensor& boxes,
+                                      const at::Tensor& valid, const at::Tensor& im_info,
+                                      c10::optional<double> border, double offset) {
+  TORCH_CHECK(y.device().is_cpu() && x.device().is_cpu() && boxes.device().is_cpu() && valid.device().is_cpu() &&
+                  im_info.device().is_cpu(),
+              "CPU tensors only");
+  TORCH_CHECK(y.dim() == 3 && y.size(2) == 2 && x.dim() == 3 && x.size(2) == 2 && x.size(0) == y.size(0) &&
+                  boxes.dim() == 3 && boxes.size(2) == 4 && valid.dim() == 2 && valid.size(0) == boxes.size(0) &&
+                  valid.size(1) == boxes.size(1) && valid.scalar_type() == at::kBool && im_info.dim() == 2 &&
+                  im_info.size(0) == boxes.size(0) && im_info.size(1) == 3,
+              "expected extents (A, H, 2) and (A, W, 2), boxes (B, K, 4), valid (B, K) bool and im_info (B, 3)");
+  TORCH_CHECK(x.scalar_type() == y.scalar_type() && boxes.scalar_type() == y.scalar_type() &&
+                  im_info.scalar_type() == y.scalar_type(),
+              "extents, boxes and im_info must share a floating dtype");
+  const auto box = boxes.contiguous(), ok = valid.contiguous(), info = im_info.contiguous();
+  const auto y_starts = y.select(2, 0).contiguous(), y_ends = y.select(2, 1).contiguous();
+  const auto x_starts = x.select(2, 0).contiguous(), x_ends = x.select(2, 1).contiguous();
+  const int64_t batch = box.size(0), num_boxes = box.size(1), num_base = y.size(0);
+  const int64_t height = y.size(1), width = x.size(1);
+  auto heights = at::empty({batch, num_base, num_boxes, height}, y.options());
+  auto widths = at::empty({batch, num_base, num_boxes, width}, y.options());
+  at::Tensor inside_y, inside_x;
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "axis_overlaps", [&] {
+    if (border.has_value()) {
+      inside_y = axis_inside<scalar_t>(y_starts, y_ends, info, 0, *border);
+      inside_x = axis_inside<scalar_t>(x_starts, x_ends, info, 1, *border);
+    }
+    const scalar_t step = static_cast<scalar_t>(offset);
+    const scalar_t* box_data = box.data_ptr<scalar_t>();
+    axis_overlap<scalar_t>(y_starts.data_ptr<scalar_t>(), y_ends.data_ptr<scalar_t>(), box_data, 1,
+                           ok.data_ptr<bool>(), false, border.has_value() ? inside_y.data_ptr<bool>() : nullptr,
+                           batch * num_base, num_base, num_boxes, height, step, heights.data_ptr<scalar_t>());
+    axis_overlap<scalar_t>(x_starts.data_ptr<scalar_t>(), x_ends.data_ptr<scalar_t>(), box_data, 0,
+                           ok.data_ptr<bool>(), true, border.has_value() ? inside_x.data_ptr<bool>() : nullptr,
+                           batch * num_base, num_base, num_boxes, width, step, widths.data_ptr<scalar_t>());
+  });
+  return {heights, widths, inside_y, inside_x};
+}
+
+// values.amax(dim=-1) for a floating tensor (..., L) with L > 0 (NaN propagates, as in amax).
+// Eight running maxima side by side hide the compare-select latency that makes torch's reduction
+// over a short contiguous last dimension slow; the maximum of a set does not depend on the order.
+at::Tensor last_dim_max(const at::Tensor& values) {
+  TORCH_CHECK(values.device().is_cpu() && values.dim() >= 1 && values.size(-1) > 0,
+              "expected a CPU tensor (..., L) with L > 0");
+  const auto v = values.contiguous();
+  const int64_t length = v.size(-1), rows = v.numel() / length;
+  auto maxima = at::empty(v.sizes().slice(0, v.dim() - 1), v.options());
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "last_dim_max", [&] {
+    constexpr int64_t kLanes = 8;
+    auto larger = [](scalar_t value, scalar_t best) { return (value > best || value != value) ? value : best; };
+    const scalar_t* data = v.data_ptr<scalar_t>();
+    scalar_t* out = maxima.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = data + r * length;
+        scalar_t lanes[kLanes];
+        std::fill(lanes, lanes + kLanes, row[0]);
+        int64_t i = 0;
+        for (; i + kLanes <= length; i += kLanes) {
+          for (int64_t j = 0; j < kLanes; ++j) {
+            lanes[j] = larger(row[i + j], lanes[j]);
+          }
+        }
+        scalar_t best = row[0];
+        for (; i < length; ++i) {
+          best = larger(row[i], best);
+        }
+        for (int64_t j = 0; j < kLanes; ++j) {
+          best = larger(lanes[j], best);
+        }
+        out[r] = best;
+      }
+    });
+  });
+  return maxima;
 }
 
 }  // namespace
 
-void sample_row(const bool* positive, const bool* negative, const int32_t* keys, int64_t size, int64_t num_fg,
-                int64_t batch_size, bool* keep_positive, bool* keep_negative, std::vector<Candidate>& chosen) {
-  collect(positive, keys, size, 0, chosen);
-  keep_strongest(chosen, static_cast<size_t>(num_fg));
-  for (const Candidate& c : chosen) {
-    keep_positive[c.index] = true;
-  }
-  const int64_t num_bg = batch_size - static_cast<int64_t>(chosen.size());
-  const int64_t num_neg = std::count(negative, negative + size, true);
-  // Keys are uniform, so about 4 num_bg negatives clear this threshold; the exact top num_bg
-  // are among them whenever at least num_bg do (else all negatives are collected).
-  const double share = num_neg > 0 ? 4.0 * static_cast<double>(num_bg) / static_cast<double>(num_neg) : 1.0;
-  const int64_t threshold = share >= 1.0 ? 0 : static_cast<int64_t>((1.0 - share) * 2147483648.0);
-  collect(negative, keys, size, threshold, chosen);
-  if (static_cast<int64_t>(chosen.size()) < num_bg && threshold > 0) {
-    collect(negative, keys, size, 0, chosen);
-  }
-  keep_strongest(chosen, static_cast<size_t>(std::max<int64_t>(num_bg, 0)));
-  for (const Candidate& c : chosen) {
-    keep_negative[c.index] = true;
-  }
-}
-
-}  // namespace frcnn
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("axis_overlaps", &axis_overlaps, "Row and column overlaps of a grid level with boxes (CPU)");
+  m.def("last_dim_max", &last_dim_max, "amax over the last dimension (CPU)");
   m.def("rank_gts", &rank_gts, "Per-anchor best gt and its IoU over a grid level, into given views (CPU)");
   m.def("low_quality_gt", &low_quality_gt, "Per-anchor low-quality hits (and reassigned gt), into given views (CPU)");
   m.def("bin_anchors", &bin_anchors, "Anchors (N, 4) bucketed by size class, x1 and y1 (CPU)");
   m.def("rank_boxes", &rank_boxes, "Per-anchor best gt and its IoU for arbitrary anchors (CPU)");
   m.def("low_quality_boxes", &low_quality_boxes, "Per-anchor highest gt it is a best anchor of, or -1 (CPU)");
+  m.def("random_keys", &random_keys, "Sampling keys from a splitmix64 stream (CPU)");
   m.def("sample_balanced", &sample_balanced, "Balanced sampling by the largest random keys (CPU)");
   m.def("finish_targets", &finish_targets, "Labels, sampling, weights and regression targets from the match (CPU)");
 }

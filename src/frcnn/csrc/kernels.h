@@ -72,6 +72,11 @@ at::Tensor low_quality_boxes(const at::Tensor& binned, const at::Tensor& perm, c
                              const at::Tensor& valid, const at::Tensor& part, double offset,
                              const at::Tensor& column_best, const at::Tensor& gt_best);
 
+// sampling.cpp: sampling keys and the balanced selection by them.
+at::Tensor random_keys(const at::Tensor& seed, int64_t count);
+std::vector<at::Tensor> sample_balanced(const at::Tensor& positive, const at::Tensor& negative, const at::Tensor& keys,
+                                        int64_t num_fg, int64_t batch_size);
+
 // targets.cpp: labels, sampling, weights and regression targets from the match.
 std::vector<at::Tensor> finish_targets(const at::Tensor& max_iou, const at::Tensor& target_gt,
                                        const at::Tensor& low_quality, const at::Tensor& inside, const at::Tensor& has_gt,
