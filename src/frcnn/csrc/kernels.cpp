@@ -67,23 +67,18 @@ template <typename scalar_t>
 void rank_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* area_sum, const int64_t* start,
                const int64_t* stop, int64_t num_gt, int64_t height, int64_t width, int64_t begin, int64_t end,
                const StridedRows<int32_t>& best, const StridedRows<scalar_t>& max_iou) {
-  std::vector<scalar_t> ratio_buffer(width), inter_buffer(width), sum_buffer(width);
+  using mask_t = typename frcnn::SameSizeInt<scalar_t>::type;
+  std::vector<scalar_t> ratio_buffer(width);
   std::vector<int32_t> gt_buffer(width);
   scalar_t* __restrict ratios = ratio_buffer.data();
-  scalar_t* __restrict inters = inter_buffer.data();
-  scalar_t* __restrict sums = sum_buffer.data();
   int32_t* __restrict gts = gt_buffer.data();
   for (int64_t row = begin; row < end; ++row) {
     const int64_t pair = row / height;
     const int64_t y = row % height;
     // Every ratio is >= 0, so an anchor that meets no gt ends at (ratio 0, gt 0), where a
     // first-index argmax over all-zero ratios ends; a strict > keeps the lowest tied index.
-    for (int64_t x = 0; x < width; ++x) {
-      ratios[x] = 0;
-      inters[x] = 0;
-      sums[x] = area_sum[pair * num_gt];
-      gts[x] = 0;
-    }
+    std::fill(ratios, ratios + width, scalar_t(0));
+    std::fill(gts, gts + width, 0);
     for (int64_t k = 0; k < num_gt; ++k) {
       const int64_t index = pair * num_gt + k;
       const scalar_t h = heights[index * height + y];
@@ -93,18 +88,24 @@ void rank_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* 
       const scalar_t s = area_sum[index];
       const scalar_t* __restrict w = widths + index * width;
       const int32_t code = static_cast<int32_t>(k);
-      // Outside [start, stop) the column overlap and the ratio are 0.
+      // Outside [start, stop) the column overlap and the ratio are 0. Only the ratio and the gt
+      // are carried: the winner's intersection is recomputed below, to the same bits.
       for (int64_t x = start[index]; x < stop[index]; ++x) {
-        const scalar_t inter = h * w[x];
-        const scalar_t ratio = inter / s;
-        frcnn::keep_better(ratio, inter, s, code, ratios[x], inters[x], sums[x], gts[x]);
+        const scalar_t ratio = (h * w[x]) / s;
+        const mask_t mask = -static_cast<mask_t>(ratio > ratios[x]);
+        ratios[x] = frcnn::pick(mask, ratio, ratios[x]);
+        const int32_t gt_mask = static_cast<int32_t>(mask);
+        gts[x] = (code & gt_mask) | (gts[x] & ~gt_mask);
       }
     }
     int32_t* best_row = best.row(pair, y);
     scalar_t* iou_row = max_iou.row(pair, y);
     for (int64_t x = 0; x < width; ++x) {
+      const int64_t index = pair * num_gt + gts[x];
+      const scalar_t inter = heights[index * height + y] * widths[index * width + x];
+      const scalar_t sum = area_sum[index];
       best_row[x * best.column_stride] = gts[x];
-      iou_row[x * max_iou.column_stride] = inters[x] / (sums[x] - inters[x]);
+      iou_row[x * max_iou.column_stride] = inter / (sum - inter);
     }
   }
 }

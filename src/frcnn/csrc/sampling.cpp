@@ -18,46 +18,53 @@ inline bool stronger(const Candidate& a, const Candidate& b) {
   return a.key > b.key || (a.key == b.key && a.index < b.index);
 }
 
-// Keeps the count strongest of the candidates (all if there are fewer).
-void keep_strongest(std::vector<Candidate>& candidates, size_t count) {
-  if (candidates.size() > count) {
-    std::nth_element(candidates.begin(), candidates.begin() + count, candidates.end(), stronger);
-    candidates.resize(count);
+// Moves the count strongest of candidates[0, found) to the front; returns how many there are.
+int64_t keep_strongest(std::vector<Candidate>& candidates, int64_t found, int64_t count) {
+  if (found > count) {
+    std::nth_element(candidates.begin(), candidates.begin() + count, candidates.begin() + found, stronger);
+    return count;
   }
+  return found;
 }
 
-// The candidates of mask whose key is at least threshold.
-void collect(const bool* mask, const int32_t* keys, int64_t size, int64_t threshold, std::vector<Candidate>& out) {
-  out.clear();
-  for (int64_t n = 0; n < size; ++n) {
-    if (mask[n] && keys[n] >= threshold) {
-      out.push_back({keys[n], n});
-    }
+// Writes the candidates of mask whose key is at least threshold to the front of out (grown to
+// size entries) and returns their number. Branch-free: every anchor is written and the count
+// advances only for a candidate, as a branch on random keys would mispredict often.
+int64_t collect(const bool* mask, const int32_t* keys, int64_t size, int64_t threshold, std::vector<Candidate>& out) {
+  if (static_cast<int64_t>(out.size()) < size) {
+    out.resize(size);
   }
+  Candidate* slots = out.data();
+  const uint8_t* is_candidate = reinterpret_cast<const uint8_t*>(mask);
+  int64_t found = 0;
+  for (int64_t n = 0; n < size; ++n) {
+    slots[found] = {keys[n], n};
+    found += is_candidate[n] & static_cast<uint8_t>(keys[n] >= threshold);
+  }
+  return found;
 }
 
 }  // namespace
 
 void sample_row(const bool* positive, const bool* negative, const int32_t* keys, int64_t size, int64_t num_fg,
                 int64_t batch_size, bool* keep_positive, bool* keep_negative, std::vector<Candidate>& chosen) {
-  collect(positive, keys, size, 0, chosen);
-  keep_strongest(chosen, static_cast<size_t>(num_fg));
-  for (const Candidate& c : chosen) {
-    keep_positive[c.index] = true;
+  const int64_t kept = keep_strongest(chosen, collect(positive, keys, size, 0, chosen), num_fg);
+  for (int64_t i = 0; i < kept; ++i) {
+    keep_positive[chosen[i].index] = true;
   }
-  const int64_t num_bg = batch_size - static_cast<int64_t>(chosen.size());
+  const int64_t num_bg = batch_size - kept;
   const int64_t num_neg = std::count(negative, negative + size, true);
   // Keys are uniform, so about 4 num_bg negatives clear this threshold; the exact top num_bg
   // are among them whenever at least num_bg do (else all negatives are collected).
   const double share = num_neg > 0 ? 4.0 * static_cast<double>(num_bg) / static_cast<double>(num_neg) : 1.0;
   const int64_t threshold = share >= 1.0 ? 0 : static_cast<int64_t>((1.0 - share) * 2147483648.0);
-  collect(negative, keys, size, threshold, chosen);
-  if (static_cast<int64_t>(chosen.size()) < num_bg && threshold > 0) {
-    collect(negative, keys, size, 0, chosen);
+  int64_t found = collect(negative, keys, size, threshold, chosen);
+  if (found < num_bg && threshold > 0) {
+    found = collect(negative, keys, size, 0, chosen);
   }
-  keep_strongest(chosen, static_cast<size_t>(std::max<int64_t>(num_bg, 0)));
-  for (const Candidate& c : chosen) {
-    keep_negative[c.index] = true;
+  const int64_t kept_negatives = keep_strongest(chosen, found, std::max<int64_t>(num_bg, 0));
+  for (int64_t i = 0; i < kept_negatives; ++i) {
+    keep_negative[chosen[i].index] = true;
   }
 }
 

@@ -62,16 +62,19 @@ void classify_row(const Inputs<scalar_t>& in, const Rules& rules, int64_t b, boo
   const uint8_t* inside = reinterpret_cast<const uint8_t*>(in.inside + offset);
   uint8_t* __restrict is_positive = reinterpret_cast<uint8_t*>(positive);
   uint8_t* __restrict is_negative = reinterpret_cast<uint8_t*>(negative);
+  // The count in a local: a uint8 store may alias any field of ``in``, which would keep the
+  // compiler from counting the iterations (and vectorising).
+  const int64_t size = in.num_anchors;
   // Branch-free over uint8 masks (0 or 1), one loop per rule, so that each vectorises.
   if (rules.clobber_positives) {
-    for (int64_t n = 0; n < in.num_anchors; ++n) {
+    for (int64_t n = 0; n < size; ++n) {
       const uint8_t below = iou[n] < below_threshold;
       const uint8_t above = (iou[n] >= positive_threshold) | low_quality[n];
       is_positive[n] = above & (below ^ 1) & inside[n];
       is_negative[n] = below & inside[n];
     }
   } else {
-    for (int64_t n = 0; n < in.num_anchors; ++n) {
+    for (int64_t n = 0; n < size; ++n) {
       const uint8_t below = iou[n] < below_threshold;
       const uint8_t above = (iou[n] >= positive_threshold) | low_quality[n];
       is_positive[n] = above & inside[n];
@@ -79,9 +82,9 @@ void classify_row(const Inputs<scalar_t>& in, const Rules& rules, int64_t b, boo
     }
   }
   if (in.excluded != nullptr) {
-    const bool* excluded = in.excluded + offset;
-    for (int64_t n = 0; n < in.num_anchors; ++n) {
-      negative[n] = negative[n] && !excluded[n];
+    const uint8_t* excluded = reinterpret_cast<const uint8_t*>(in.excluded + offset);
+    for (int64_t n = 0; n < size; ++n) {
+      is_negative[n] &= excluded[n] ^ 1;
     }
   }
 }
@@ -135,27 +138,33 @@ void finish_row(const Inputs<scalar_t>& in, const Rules& rules, int64_t b, const
   int64_t* __restrict matched_gt = out.matched_gt + offset;
   scalar_t* __restrict inside_weights = static_cast<scalar_t*>(out.inside_weights) + offset;
   scalar_t* __restrict outside_weights = static_cast<scalar_t*>(out.outside_weights) + offset;
+  // Arithmetic on the 0/1 masks, not selects: exact (x * 1 + 0 * y is x for the finite,
+  // non-negative weights) and free of branches.
   for (int64_t n = 0; n < size; ++n) {
-    labels[n] = 2 * static_cast<int64_t>(is_positive[n]) + static_cast<int64_t>(is_negative[n]) - 1;
-    matched_gt[n] = is_positive[n] ? static_cast<int64_t>(target_gt[n]) : int64_t(-1);
-    inside_weights[n] = static_cast<scalar_t>(is_positive[n]);
-    outside_weights[n] = is_positive[n] ? of_positive : is_negative[n] ? of_negative : scalar_t(0);
+    const int64_t p = is_positive[n], q = is_negative[n];
+    labels[n] = 2 * p + q - 1;
+    matched_gt[n] = (static_cast<int64_t>(target_gt[n]) + 1) * p - 1;
+    inside_weights[n] = static_cast<scalar_t>(p);
+    outside_weights[n] = static_cast<scalar_t>(p) * of_positive + static_cast<scalar_t>(q) * of_negative;
   }
 
-  // Each anchor's target code (an anchor without a target takes its own: its deltas come out
-  // exactly zero, as in the twin), then the deltas over all 4 N values at once.
+  // Each anchor's deltas from its target code (an anchor without a target takes its own: its
+  // deltas come out exactly zero, as in the twin). The scales are box_codes's (w, h, 1, 1): a
+  // division by the last two, exactly 1, changes nothing and is skipped.
   const bool has_gt = in.has_gt[b];
   const bool* inside = in.inside + offset;
   const scalar_t* gt_codes = in.gt_codes + b * in.num_gt * 4;
   scalar_t* __restrict targets = static_cast<scalar_t*>(out.targets) + offset * 4;
-  for (int64_t n = 0; n < size; ++n) {
-    const scalar_t* source = (inside[n] && has_gt) ? gt_codes + target_gt[n] * 4 : in.anchor_codes + n * 4;
-    std::memcpy(targets + n * 4, source, 4 * sizeof(scalar_t));
-  }
   const scalar_t* __restrict codes = in.anchor_codes;
   const scalar_t* __restrict scales = in.anchor_scales;
-  for (int64_t i = 0; i < 4 * size; ++i) {
-    targets[i] = (targets[i] - codes[i]) / scales[i];
+  for (int64_t n = 0; n < size; ++n) {
+    const scalar_t* own = codes + n * 4;
+    const scalar_t* source = (inside[n] && has_gt) ? gt_codes + target_gt[n] * 4 : own;
+    scalar_t* delta = targets + n * 4;
+    delta[0] = (source[0] - own[0]) / scales[n * 4];
+    delta[1] = (source[1] - own[1]) / scales[n * 4 + 1];
+    delta[2] = source[2] - own[2];
+    delta[3] = source[3] - own[3];
   }
   if (rules.weighted) {
     const scalar_t weights[4] = {static_cast<scalar_t>(rules.bbox_weights[0]), static_cast<scalar_t>(rules.bbox_weights[1]),
