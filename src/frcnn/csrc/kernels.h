@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace frcnn {
@@ -39,11 +40,18 @@ struct Candidate {
   int64_t index;
 };
 
+// Scratch for sample_row, reused across the rows a thread samples.
+struct SampleBuffers {
+  std::vector<Candidate> positives, negatives;
+};
+
 // frcnn.sampling.sample_balanced for one row: marks in keep_positive (zeroed, size entries) the
 // num_fg positives with the largest keys and in keep_negative (zeroed) the batch_size - kept
 // negatives with the largest keys; equal keys at the cut go to the lower index. Linear time.
-void sample_row(const bool* positive, const bool* negative, const int32_t* keys, int64_t size, int64_t num_fg,
-                int64_t batch_size, bool* keep_positive, bool* keep_negative, std::vector<Candidate>& chosen);
+// Returns the numbers of kept positives and kept negatives.
+std::pair<int64_t, int64_t> sample_row(const bool* positive, const bool* negative, const int32_t* keys, int64_t size,
+                                       int64_t num_fg, int64_t batch_size, bool* keep_positive, bool* keep_negative,
+                                       SampleBuffers& buffers);
 
 // The running best of one anchor over gts in ascending order: (ratio, inter, sum, gt) replace the
 // held ones when ratio is strictly larger, so that the lowest gt index keeps a tie. Bitwise

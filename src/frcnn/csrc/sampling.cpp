@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "kernels.h"
@@ -18,54 +19,76 @@ inline bool stronger(const Candidate& a, const Candidate& b) {
   return a.key > b.key || (a.key == b.key && a.index < b.index);
 }
 
-// Moves the count strongest of candidates[0, found) to the front; returns how many there are.
-int64_t keep_strongest(std::vector<Candidate>& candidates, int64_t found, int64_t count) {
-  if (found > count) {
-    std::nth_element(candidates.begin(), candidates.begin() + count, candidates.begin() + found, stronger);
-    return count;
+// Marks the count strongest of candidates (all if there are fewer) in keep; returns how many.
+int64_t keep_strongest(std::vector<Candidate>& candidates, int64_t count, bool* keep) {
+  if (static_cast<int64_t>(candidates.size()) > count) {
+    std::nth_element(candidates.begin(), candidates.begin() + count, candidates.end(), stronger);
+    candidates.resize(count);
   }
-  return found;
+  for (const Candidate& c : candidates) {
+    keep[c.index] = true;
+  }
+  return static_cast<int64_t>(candidates.size());
 }
 
-// Writes the candidates of mask whose key is at least threshold to the front of out (grown to
-// size entries) and returns their number. Branch-free: every anchor is written and the count
-// advances only for a candidate, as a branch on random keys would mispredict often.
-int64_t collect(const bool* mask, const int32_t* keys, int64_t size, int64_t threshold, std::vector<Candidate>& out) {
-  if (static_cast<int64_t>(out.size()) < size) {
-    out.resize(size);
-  }
-  Candidate* slots = out.data();
-  const uint8_t* is_candidate = reinterpret_cast<const uint8_t*>(mask);
-  int64_t found = 0;
+// The number of set entries of a (size,) mask.
+int64_t count_set(const bool* mask, int64_t size) {
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(mask);
+  int64_t count = 0;
   for (int64_t n = 0; n < size; ++n) {
-    slots[found] = {keys[n], n};
-    found += is_candidate[n] & static_cast<uint8_t>(keys[n] >= threshold);
+    count += bytes[n];
   }
-  return found;
+  return count;
 }
 
 }  // namespace
 
-void sample_row(const bool* positive, const bool* negative, const int32_t* keys, int64_t size, int64_t num_fg,
-                int64_t batch_size, bool* keep_positive, bool* keep_negative, std::vector<Candidate>& chosen) {
-  const int64_t kept = keep_strongest(chosen, collect(positive, keys, size, 0, chosen), num_fg);
-  for (int64_t i = 0; i < kept; ++i) {
-    keep_positive[chosen[i].index] = true;
+std::pair<int64_t, int64_t> sample_row(const bool* positive, const bool* negative, const int32_t* keys, int64_t size,
+                                       int64_t num_fg, int64_t batch_size, bool* keep_positive, bool* keep_negative,
+                                       SampleBuffers& buffers) {
+  const int64_t num_pos = count_set(positive, size), num_neg = count_set(negative, size);
+  const int64_t kept_pos = std::min(num_pos, num_fg);
+  const int64_t num_bg = std::max<int64_t>(batch_size - kept_pos, 0);
+  // A class with no more members than places keeps them all, without collecting them.
+  const bool all_pos = num_pos <= num_fg, all_neg = num_neg <= num_bg;
+  if (all_pos) {
+    std::memcpy(keep_positive, positive, size);
   }
-  const int64_t num_bg = batch_size - kept;
-  const int64_t num_neg = std::count(negative, negative + size, true);
+  if (all_neg) {
+    std::memcpy(keep_negative, negative, size);
+  }
   // Keys are uniform, so about 4 num_bg negatives clear this threshold; the exact top num_bg
   // are among them whenever at least num_bg do (else all negatives are collected).
   const double share = num_neg > 0 ? 4.0 * static_cast<double>(num_bg) / static_cast<double>(num_neg) : 1.0;
   const int64_t threshold = share >= 1.0 ? 0 : static_cast<int64_t>((1.0 - share) * 2147483648.0);
-  int64_t found = collect(negative, keys, size, threshold, chosen);
-  if (found < num_bg && threshold > 0) {
-    found = collect(negative, keys, size, 0, chosen);
+  auto& positives = buffers.positives;
+  auto& negatives = buffers.negatives;
+  positives.clear();
+  negatives.clear();
+  if (!(all_pos && all_neg)) {
+    // One pass collects both classes; candidates are few, so the branch is mostly predicted.
+    const uint8_t* is_positive = reinterpret_cast<const uint8_t*>(positive);
+    const uint8_t* is_negative = reinterpret_cast<const uint8_t*>(negative);
+    const uint8_t take_pos = all_pos ? 0 : 1, take_neg = all_neg ? 0 : 1;
+    for (int64_t n = 0; n < size; ++n) {
+      const uint8_t pos = is_positive[n] & take_pos;
+      const uint8_t neg = is_negative[n] & take_neg & static_cast<uint8_t>(keys[n] >= threshold);
+      if (pos | neg) {
+        (pos ? positives : negatives).push_back({keys[n], n});
+      }
+    }
   }
-  const int64_t kept_negatives = keep_strongest(chosen, found, std::max<int64_t>(num_bg, 0));
-  for (int64_t i = 0; i < kept_negatives; ++i) {
-    keep_negative[chosen[i].index] = true;
+  if (!all_neg && static_cast<int64_t>(negatives.size()) < num_bg && threshold > 0) {
+    negatives.clear();
+    for (int64_t n = 0; n < size; ++n) {
+      if (negative[n]) {
+        negatives.push_back({keys[n], n});
+      }
+    }
   }
+  const int64_t kept_positives = all_pos ? num_pos : keep_strongest(positives, num_fg, keep_positive);
+  const int64_t kept_negatives = all_neg ? num_neg : keep_strongest(negatives, num_bg, keep_negative);
+  return {kept_positives, kept_negatives};
 }
 
 }  // namespace frcnn
@@ -111,11 +134,11 @@ std::vector<at::Tensor> sample_balanced(const at::Tensor& positive, const at::Te
   auto keep_pos = at::zeros_like(pos);
   auto keep_neg = at::zeros_like(neg);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<frcnn::Candidate> chosen;
+    frcnn::SampleBuffers buffers;
     for (int64_t b = begin; b < end; ++b) {
       frcnn::sample_row(pos.data_ptr<bool>() + b * size, neg.data_ptr<bool>() + b * size,
                         key.data_ptr<int32_t>() + b * size, size, num_fg, batch_size,
-                        keep_pos.data_ptr<bool>() + b * size, keep_neg.data_ptr<bool>() + b * size, chosen);
+                        keep_pos.data_ptr<bool>() + b * size, keep_neg.data_ptr<bool>() + b * size, buffers);
     }
   });
   return {keep_pos, keep_neg};

@@ -8,13 +8,12 @@
 
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "kernels.h"
 
 namespace {
-
-using frcnn::Candidate;
 
 // Everything the per-anchor pass of one image reads, by pointer into (B, N) or (B, K, 4) inputs.
 template <typename scalar_t>
@@ -108,27 +107,29 @@ void outside_values(int64_t positives, int64_t negatives, double positive_weight
 
 template <typename scalar_t>
 void finish_row(const Inputs<scalar_t>& in, const Rules& rules, int64_t b, const Outputs& out,
-                std::vector<uint8_t>& masks, std::vector<Candidate>& chosen) {
+                std::vector<uint8_t>& masks, frcnn::SampleBuffers& buffers) {
   const int64_t size = in.num_anchors, offset = b * size;
   bool* positive = reinterpret_cast<bool*>(masks.data());
   bool* negative = positive + size;
   classify_row(in, rules, b, positive, negative);
+  int64_t positives = 0, negatives = 0;
   if (in.keys != nullptr) {
     bool* keep_positive = negative + size;
     bool* keep_negative = keep_positive + size;
     std::fill(keep_positive, keep_negative + size, false);
-    frcnn::sample_row(positive, negative, in.keys + offset, size, rules.num_fg, rules.batch_size, keep_positive,
-                      keep_negative, chosen);
+    std::tie(positives, negatives) = frcnn::sample_row(positive, negative, in.keys + offset, size, rules.num_fg,
+                                                       rules.batch_size, keep_positive, keep_negative, buffers);
     positive = keep_positive;
     negative = keep_negative;
   }
   // Branch-free loops over uint8 masks, each of which vectorises.
   const uint8_t* is_positive = reinterpret_cast<const uint8_t*>(positive);
   const uint8_t* is_negative = reinterpret_cast<const uint8_t*>(negative);
-  int64_t positives = 0, negatives = 0;
-  for (int64_t n = 0; n < size; ++n) {
-    positives += is_positive[n];
-    negatives += is_negative[n];
+  if (in.keys == nullptr) {
+    for (int64_t n = 0; n < size; ++n) {
+      positives += is_positive[n];
+      negatives += is_negative[n];
+    }
   }
   scalar_t of_positive, of_negative;
   outside_values<scalar_t>(positives, negatives, rules.positive_weight, &of_positive, &of_negative);
@@ -138,39 +139,44 @@ void finish_row(const Inputs<scalar_t>& in, const Rules& rules, int64_t b, const
   int64_t* __restrict matched_gt = out.matched_gt + offset;
   scalar_t* __restrict inside_weights = static_cast<scalar_t*>(out.inside_weights) + offset;
   scalar_t* __restrict outside_weights = static_cast<scalar_t*>(out.outside_weights) + offset;
-  // Arithmetic on the 0/1 masks, not selects: exact (x * 1 + 0 * y is x for the finite,
-  // non-negative weights) and free of branches.
+  // Arithmetic on the 0/1 masks, not selects (exact: x * 1 + 0 * y is x for the finite,
+  // non-negative weights), one output type per loop and through int32, so that each vectorises
+  // with the baseline instruction set (which has no int64 multiply or int64-to-float conversion).
   for (int64_t n = 0; n < size; ++n) {
-    const int64_t p = is_positive[n], q = is_negative[n];
-    labels[n] = 2 * p + q - 1;
-    matched_gt[n] = (static_cast<int64_t>(target_gt[n]) + 1) * p - 1;
-    inside_weights[n] = static_cast<scalar_t>(p);
-    outside_weights[n] = static_cast<scalar_t>(p) * of_positive + static_cast<scalar_t>(q) * of_negative;
+    labels[n] = static_cast<int64_t>(2 * static_cast<int32_t>(is_positive[n]) + static_cast<int32_t>(is_negative[n]) - 1);
+  }
+  for (int64_t n = 0; n < size; ++n) {
+    matched_gt[n] = static_cast<int64_t>(((target_gt[n] + 1) & -static_cast<int32_t>(is_positive[n])) - 1);
+  }
+  for (int64_t n = 0; n < size; ++n) {
+    const scalar_t p = static_cast<scalar_t>(static_cast<int32_t>(is_positive[n]));
+    const scalar_t q = static_cast<scalar_t>(static_cast<int32_t>(is_negative[n]));
+    inside_weights[n] = p;
+    outside_weights[n] = p * of_positive + q * of_negative;
   }
 
-  // Each anchor's deltas from its target code (an anchor without a target takes its own: its
-  // deltas come out exactly zero, as in the twin). The scales are box_codes's (w, h, 1, 1): a
-  // division by the last two, exactly 1, changes nothing and is skipped.
+  // Each anchor's target code (an anchor without a target takes its own: its deltas come out
+  // exactly zero, as in the twin), then the deltas over all 4 N values at once, which vectorises.
   const bool has_gt = in.has_gt[b];
   const bool* inside = in.inside + offset;
   const scalar_t* gt_codes = in.gt_codes + b * in.num_gt * 4;
   scalar_t* __restrict targets = static_cast<scalar_t*>(out.targets) + offset * 4;
+  for (int64_t n = 0; n < size; ++n) {
+    const scalar_t* source = (inside[n] && has_gt) ? gt_codes + target_gt[n] * 4 : in.anchor_codes + n * 4;
+    std::memcpy(targets + n * 4, source, 4 * sizeof(scalar_t));
+  }
   const scalar_t* __restrict codes = in.anchor_codes;
   const scalar_t* __restrict scales = in.anchor_scales;
-  for (int64_t n = 0; n < size; ++n) {
-    const scalar_t* own = codes + n * 4;
-    const scalar_t* source = (inside[n] && has_gt) ? gt_codes + target_gt[n] * 4 : own;
-    scalar_t* delta = targets + n * 4;
-    delta[0] = (source[0] - own[0]) / scales[n * 4];
-    delta[1] = (source[1] - own[1]) / scales[n * 4 + 1];
-    delta[2] = source[2] - own[2];
-    delta[3] = source[3] - own[3];
+  for (int64_t i = 0; i < 4 * size; ++i) {
+    targets[i] = (targets[i] - codes[i]) / scales[i];
   }
   if (rules.weighted) {
     const scalar_t weights[4] = {static_cast<scalar_t>(rules.bbox_weights[0]), static_cast<scalar_t>(rules.bbox_weights[1]),
                                  static_cast<scalar_t>(rules.bbox_weights[2]), static_cast<scalar_t>(rules.bbox_weights[3])};
-    for (int64_t i = 0; i < 4 * size; ++i) {
-      targets[i] = targets[i] * weights[i % 4];
+    for (int64_t n = 0; n < size; ++n) {
+      for (int64_t c = 0; c < 4; ++c) {
+        targets[n * 4 + c] = targets[n * 4 + c] * weights[c];
+      }
     }
   }
 }
@@ -233,9 +239,9 @@ std::vector<at::Tensor> finish_targets(const at::Tensor& max_iou, const at::Tens
                         size, gt_code.size(1)};
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       std::vector<uint8_t> masks(4 * size);
-      std::vector<Candidate> chosen;
+      frcnn::SampleBuffers buffers;
       for (int64_t b = begin; b < end; ++b) {
-        finish_row(in, rules, b, out, masks, chosen);
+        finish_row(in, rules, b, out, masks, buffers);
       }
     });
   });
