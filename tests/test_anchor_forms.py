@@ -66,7 +66,17 @@ def shape_of(grids):
     return [(g.num_base, g.height, g.width, g.stride) for g in grids]
 
 
-def test_recognises_grids_and_fpn_levels_in_level_order():
+@pytest.fixture(params=["kernels", "ops"])
+def recognition_path(request, monkeypatch):
+    """Run a recognition test with the compiled kernels (where they build) and with the PyTorch ops."""
+    if request.param == "ops":
+        monkeypatch.setattr(native, "kernels", lambda: None)
+    elif native.kernels() is None:
+        pytest.skip("the compiled CPU kernels cannot be built here")
+    return request.param
+
+
+def test_recognises_grids_and_fpn_levels_in_level_order(recognition_path):
     base = generate_anchors()
     for height, width in ((5, 7), (1, 7), (5, 1), (1, 1)):
         grid = grid_anchors(base, height, width, 16)
@@ -78,12 +88,14 @@ def test_recognises_grids_and_fpn_levels_in_level_order():
             assert torch.equal(found[0].base, grid.base.float())
     levels = fpn_levels()
     assert shape_of(recognise_grids(concat_anchors(levels), torch.float32, 0.0)) == shape_of(levels)
+    wide = fpn_levels(torch.float64)
+    assert shape_of(recognise_grids(concat_anchors(wide), torch.float64, 1.0)) == shape_of(wide)
     assert shape_of(recognise_grids(concat_anchors(levels[::-1]), torch.float32, 0.0)) == shape_of(levels[::-1])
     two = [grid_anchors(generate_anchors(8, (1,), (2,)), 3, 4, 8), grid_anchors(generate_anchors(8, (1,), (2,)), 2, 2, 8)]
     assert shape_of(recognise_grids(concat_anchors(two), torch.float32, 0.0)) == shape_of(two)
 
 
-def test_near_grids_are_not_recognised():
+def test_near_grids_are_not_recognised(recognition_path):
     levels = fpn_levels()
     anchors = concat_anchors(levels)
     generator = torch.Generator().manual_seed(0)

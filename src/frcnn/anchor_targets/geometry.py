@@ -3,6 +3,7 @@ overlaps with boxes, and the chunk plan that keeps the intermediates within the 
 """
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple, Sequence
 
 import torch
@@ -38,14 +39,27 @@ def as_grids(anchors: Anchors) -> list[AnchorGrid] | None:
     return [anchors] if isinstance(anchors, AnchorGrid) else list(anchors)
 
 
+_levels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def grid_level(grid: AnchorGrid, dtype: torch.dtype, offset: float) -> Level:
+    """The ``Level`` of a grid, extents and areas in ``dtype`` (areas by the "+offset" convention)."""
+    base = grid.base.to(dtype)
+    area = (base[:, 2] - base[:, 0] + offset) * (base[:, 3] - base[:, 1] + offset)
+    return Level(grid.y_intervals().to(dtype).transpose(0, 1), grid.x_intervals().to(dtype).transpose(0, 1), area)
+
+
 def grid_levels(grids: Sequence[AnchorGrid], dtype: torch.dtype, offset: float) -> list[Level]:
-    """One ``Level`` per grid, extents and areas in ``dtype`` (areas by the "+offset" convention)."""
+    """One ``grid_level`` per grid, kept with the grid (which is immutable) so that a training
+    loop, which passes the same cached grids every step, builds each once."""
+    if torch.compiler.is_compiling():
+        return [grid_level(grid, dtype, offset) for grid in grids]
     levels = []
     for grid in grids:
-        base = grid.base.to(dtype)
-        area = (base[:, 2] - base[:, 0] + offset) * (base[:, 3] - base[:, 1] + offset)
-        levels.append(Level(grid.y_intervals().to(dtype).transpose(0, 1),
-                            grid.x_intervals().to(dtype).transpose(0, 1), area))
+        per_grid = _levels.setdefault(grid, {})
+        if (dtype, offset) not in per_grid:
+            per_grid[(dtype, offset)] = grid_level(grid, dtype, offset)
+        levels.append(per_grid[(dtype, offset)])
     return levels
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import native
 from ..anchors import AnchorGrid, grid_anchors
 from .box_matching import box_areas
 
-# Where to look for the first shifted copy of a level's first anchor: at most this many base shapes.
+# Where to look for the first shifted copy of a level's first anchor: at most this many base shapes
+# (csrc/recognition.cpp has the same bound).
 _MAX_BASE_SHAPES = 1024
 _MAX_LEVELS = 16
 
@@ -50,8 +52,12 @@ def _runs(firsts: Tensor, origin: Tensor, stride: int, axis: int) -> int:
     return _leading_true((firsts == expected).all(dim=1))
 
 
-def _next_level(boxes: Tensor) -> AnchorGrid | None:
-    """The grid that rebuilds the longest prefix of boxes (M, 4) it can, or None."""
+def _level_shape(boxes: Tensor) -> tuple[int, int, int, int] | None:
+    """(A, stride, H, W) of the grid that the leading anchors of boxes (M, 4) suggest, or None."""
+    kernels = native.kernels_for(boxes)
+    if kernels is not None and boxes.dtype in (torch.float32, torch.float64):
+        shape = tuple(kernels.level_shape(boxes))
+        return shape if shape[0] > 0 else None
     shift = _cell_shift(boxes)
     if shift is None:
         return None
@@ -62,16 +68,39 @@ def _next_level(boxes: Tensor) -> AnchorGrid | None:
     first = boxes[0]
     width = _runs(boxes[::num_base], first, stride, 0) if along_x else 1
     height = _runs(boxes[::num_base * width], first, stride, 1)
+    return num_base, stride, height, width
+
+
+def _next_level(boxes: Tensor) -> AnchorGrid | None:
+    """The grid that rebuilds the longest prefix of boxes (M, 4) it can, or None."""
+    shape = _level_shape(boxes)
+    if shape is None:
+        return None
+    num_base, stride, height, width = shape
     grid = grid_anchors(boxes[:num_base], height, width, stride, boxes.device, boxes.dtype)
     size = grid.num_anchors
+    # The one check that decides, on either path: the grid's own anchors equal the given ones.
     return grid if size <= boxes.shape[0] and torch.equal(grid.boxes, boxes[:size]) else None
+
+
+def _same_areas(anchors: Tensor, grid: AnchorGrid, offset: float) -> bool:
+    """Whether every anchor of a grid's (M, 4) span of ``anchors`` has its base shape's area, both
+    in ``anchors``' dtype by the "+offset" convention."""
+    base = grid.base.to(anchors.dtype)
+    kernels = native.kernels_for(anchors)
+    if kernels is not None and anchors.dtype in (torch.float32, torch.float64):
+        return kernels.same_areas(anchors, base, offset)
+    return torch.equal(box_areas(anchors, offset).view(-1, grid.num_base),
+                       box_areas(base, offset).expand(grid.height * grid.width, -1))
 
 
 def recognise_grids(anchors: Tensor, dtype: torch.dtype, offset: float) -> list[AnchorGrid] | None:
     """Grids (level-major) whose anchors are exactly ``anchors`` (N, 4) and whose base-shape areas
     in ``dtype`` (by the "+offset" convention) are exactly each anchor's own, or None.
 
-    CPU tensors only (the checks read values on the host), never under ``torch.compile``.
+    CPU tensors only (the checks read values on the host), never under ``torch.compile``. On the
+    CPU compiled kernels find the cell structure and compare the areas (same answers as the
+    PyTorch ops here).
     """
     if anchors.device.type != "cpu" or torch.compiler.is_compiling() or anchors.shape[0] == 0:
         return None
@@ -83,8 +112,5 @@ def recognise_grids(anchors: Tensor, dtype: torch.dtype, offset: float) -> list[
             return None
         grids.append(grid)
         start += grid.num_anchors
-    own_areas = box_areas(anchors.to(dtype), offset).split([grid.num_anchors for grid in grids])
-    same_areas = all(torch.equal(own.view(-1, grid.num_base),
-                                 box_areas(grid.base.to(dtype), offset).expand(grid.height * grid.width, -1))
-                     for own, grid in zip(own_areas, grids))
-    return grids if same_areas else None
+    spans = anchors.to(dtype).split([grid.num_anchors for grid in grids])
+    return grids if all(_same_areas(span, grid, offset) for span, grid in zip(spans, grids)) else None

@@ -376,6 +376,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bin_anchors", &bin_anchors, "Anchors (N, 4) bucketed by size class, x1 and y1 (CPU)");
   m.def("rank_boxes", &rank_boxes, "Per-anchor best gt and its IoU for arbitrary anchors (CPU)");
   m.def("low_quality_boxes", &low_quality_boxes, "Per-anchor highest gt it is a best anchor of, or -1 (CPU)");
+  m.def("level_shape", &level_shape, "(A, stride, H, W) of the grid a plain anchor tensor starts with (CPU)");
+  m.def("same_areas", &same_areas, "Whether every anchor has its base shape's area (CPU)");
   m.def("random_keys", &random_keys, "Sampling keys from a splitmix64 stream (CPU)");
   m.def("sample_balanced", &sample_balanced, "Balanced sampling by the largest random keys (CPU)");
   m.def("finish_targets", &finish_targets, "Labels, sampling, weights and regression targets from the match (CPU)");

@@ -80,6 +80,10 @@ at::Tensor low_quality_boxes(const at::Tensor& binned, const at::Tensor& perm, c
                              const at::Tensor& valid, const at::Tensor& part, double offset,
                              const at::Tensor& column_best, const at::Tensor& gt_best);
 
+// recognition.cpp: the cell structure of a plain anchor tensor and its areas.
+std::vector<int64_t> level_shape(const at::Tensor& boxes);
+bool same_areas(const at::Tensor& anchors, const at::Tensor& base, double offset);
+
 // sampling.cpp: sampling keys and the balanced selection by them.
 at::Tensor random_keys(const at::Tensor& seed, int64_t count);
 std::vector<at::Tensor> sample_balanced(const at::Tensor& positive, const at::Tensor& negative, const at::Tensor& keys,
