@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: these builds lie on the machine's disk and install in about a minute.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
-	# Build the compiled CPU kernel now (about 25 s) rather than in the first call; a failure
+	# Build the compiled CPU kernels now (about 35 s) rather than in the first call; a failure
 	# only warns, and the PyTorch-op path takes over.
 	$(PY) -c "import frcnn.native; frcnn.native.kernels()"
 	touch $(STAMP)

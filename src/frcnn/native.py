@@ -18,7 +18,8 @@ from types import ModuleType
 import torch
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / name for name in ("kernels.cpp", "box_matching.cpp", "recognition.cpp", "sampling.cpp", "targets.cpp")]
+_SOURCES = [_CSRC / name for name in ("bindings.cpp", "grid_matching.cpp", "box_matching.cpp", "recognition.cpp",
+                                        "sampling.cpp", "targets.cpp")]
 # No fused multiply-adds: the kernels must round exactly as the PyTorch-op paths do. OpenMP
 # (torch's intra-op threads on Linux) is what makes at::parallel_for parallel in an extension.
 _OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
@@ -29,7 +30,7 @@ _state: dict[str, ModuleType | None] = {}
 
 
 def kernels() -> ModuleType | None:
-    """The compiled module (its kernels are bound at the end of csrc/kernels.cpp), or None where
+    """The compiled module (its kernels are bound in csrc/bindings.cpp), or None where
     it is disabled or cannot be built."""
     if "module" not in _state:
         with _lock:

@@ -48,7 +48,9 @@ def random_keys(shape: tuple[int, ...], device: torch.device | str | None = None
     is serial and would spend one word per key, several times the cost of the rest of the
     sampling. Elsewhere the device's generator draws every key (on CUDA, Philox, in parallel).
     """
-    if torch.compiler.is_compiling():  # dynamo traces neither random_ nor a generator argument
+    # Traced, the keys come from randint: dynamo takes no generator argument, and inductor's code for
+    # the splitmix64 products does not wrap as eager int64 ops do (measured: its loop tails differ).
+    if torch.compiler.is_compiling():
         return torch.randint(0, 2**31 - 1, shape, dtype=torch.int32, device=device).bitwise_or_(1)
     where = torch.device(device) if device is not None else torch.get_default_device()
     if where.type == "cpu":

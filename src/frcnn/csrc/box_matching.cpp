@@ -7,10 +7,6 @@
 // copies them, column by column, into contiguous arrays. An anchor of a class meets a gt only if its
 // x1 lies within [gx1 - widest - offset, gx2 + offset] (and likewise y1), so each gt visits, per
 // class and x column, one contiguous run of cells.
-#include <torch/extension.h>
-
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>

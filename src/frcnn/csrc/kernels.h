@@ -1,7 +1,14 @@
-// Declarations shared by the sources of frcnn's compiled CPU kernels (see kernels.cpp).
+// Declarations shared by the sources of frcnn's compiled CPU kernels (bound in bindings.cpp).
+// Only the ATen headers they use: torch/extension.h would take most of the build's time.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <cstdint>
 #include <cstring>
@@ -69,6 +76,17 @@ inline void keep_better(scalar_t ratio, scalar_t inter, scalar_t sum, int32_t gt
 }
 
 }  // namespace frcnn
+
+// grid_matching.cpp: overlaps, ranking and low-quality matches over grid levels.
+std::vector<at::Tensor> axis_overlaps(const at::Tensor& y, const at::Tensor& x, const at::Tensor& boxes,
+                                      const at::Tensor& valid, const at::Tensor& im_info,
+                                      c10::optional<double> border, double offset);
+at::Tensor last_dim_max(const at::Tensor& values);
+void rank_gts(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& area_sum, at::Tensor best_gt,
+              at::Tensor max_iou);
+void low_quality_gt(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& max_height,
+                    const at::Tensor& max_width, const at::Tensor& eligible, at::Tensor hits,
+                    const c10::optional<at::Tensor>& target);
 
 // box_matching.cpp: matching arbitrary (N, 4) anchors with gt boxes.
 std::vector<at::Tensor> bin_anchors(const at::Tensor& anchors, const at::Tensor& area);

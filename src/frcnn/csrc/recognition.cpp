@@ -2,8 +2,6 @@
 // anchor's own area is its base shape's. Twins: the PyTorch-op paths of
 // frcnn/anchor_targets/recognition.py, which compute the same answers with the same float
 // operations; the caller still checks the rebuilt grid against the anchors with torch.equal.
-#include <torch/extension.h>
-
 #include <cmath>
 #include <vector>
 

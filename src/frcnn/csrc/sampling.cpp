@@ -1,9 +1,5 @@
 // Balanced sampling by random keys: the keys themselves (a splitmix64 stream) and the selection
 // of the positives and negatives with the largest keys. Twins: frcnn/sampling.py.
-#include <torch/extension.h>
-
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstring>
 #include <vector>

@@ -2,10 +2,6 @@
 // weights, matched gt and regression targets from the per-anchor match. The twin is the
 // PyTorch-op path of frcnn.anchor_targets.targets.finish_targets, and the rules are those of
 // docs/anchor_targets.md (Labels, Sampling, Targets and Weights).
-#include <torch/extension.h>
-
-#include <ATen/Parallel.h>
-
 #include <cstring>
 #include <limits>
 #include <tuple>

@@ -1,15 +1,11 @@
-// frcnn's compiled CPU kernels. Each is the twin of a PyTorch-op path (named below) and computes
-// the same values bit for bit: the same operations in the same dtype, built without fused
-// multiply-adds (see frcnn/native.py).
+// The grid matching kernels of frcnn/anchor_targets/grid_matching.py and geometry.py. Each is the
+// twin of a PyTorch-op path (named below) and computes the same values bit for bit: the same
+// operations in the same dtype, built without fused multiply-adds (see frcnn/native.py).
 //
-// The dense steps of the anchor target layer (frcnn/anchor_targets/) are fused into sweeps that
-// skip zero overlaps. heights (R, K, H) and widths (R, K, W) are the row and column overlaps of the anchors of R
+// The dense steps of the anchor target layer are fused into sweeps that skip zero overlaps.
+// heights (R, K, H) and widths (R, K, W) are the row and column overlaps of the anchors of R
 // (image, anchor shape) pairs with K gts: anchor (r, y, x) meets gt k in
 // heights[r, k, y] * widths[r, k, x].
-#include <torch/extension.h>
-
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstring>
 #include <optional>
@@ -119,6 +115,8 @@ void check_overlaps(const at::Tensor& heights, const at::Tensor& widths, const a
   TORCH_CHECK(widths.scalar_type() == heights.scalar_type(), "heights and widths must share a floating dtype");
 }
 
+}  // namespace
+
 // Per anchor, the gt with the largest I / (area_a + area_g) (the lowest index among exact ties)
 // and that gt's IoU, written into best_gt (B, a, H, W) int32 and max_iou (B, a, H, W) (views of
 // any strides); area_sum (R, K) with R = B a.
@@ -143,6 +141,8 @@ void rank_gts(const at::Tensor& heights, const at::Tensor& widths, const at::Ten
     });
   });
 }
+
+namespace {
 
 template <typename scalar_t>
 void low_quality_rows(const scalar_t* heights, const scalar_t* widths, const scalar_t* max_height,
@@ -183,6 +183,8 @@ void low_quality_rows(const scalar_t* heights, const scalar_t* widths, const sca
   }
 }
 
+}  // namespace
+
 // Per anchor, whether it is one of some eligible gt k's best anchors (its row overlap equals
 // max_height[k] and its column overlap max_width[k]), written into hits (B, a, H, W) bool; with
 // target (B, a, H, W) int32, the highest such gt replaces the anchor's target there.
@@ -215,6 +217,8 @@ void low_quality_gt(const at::Tensor& heights, const at::Tensor& widths, const a
     });
   });
 }
+
+namespace {
 
 // The overlap lengths of anchor extents [starts, ends] (A, L) with the [lo, hi] extents of boxes
 // (B, K, 4), times a mask: out (B, A, K, L). axis_overlap then axis_overlaps's masking in
@@ -283,6 +287,8 @@ at::Tensor axis_inside(const at::Tensor& starts, const at::Tensor& ends, const a
   }
   return inside;
 }
+
+}  // namespace
 
 // frcnn.anchor_targets.geometry.axis_overlaps for a level's extents y (A, H, 2) and x (A, W, 2):
 // heights (B, A, K, H), widths (B, A, K, W) and, with a border, inside_y (B, A, H) and
@@ -365,20 +371,3 @@ at::Tensor last_dim_max(const at::Tensor& values) {
   return maxima;
 }
 
-}  // namespace
-
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("axis_overlaps", &axis_overlaps, "Row and column overlaps of a grid level with boxes (CPU)");
-  m.def("last_dim_max", &last_dim_max, "amax over the last dimension (CPU)");
-  m.def("rank_gts", &rank_gts, "Per-anchor best gt and its IoU over a grid level, into given views (CPU)");
-  m.def("low_quality_gt", &low_quality_gt, "Per-anchor low-quality hits (and reassigned gt), into given views (CPU)");
-  m.def("bin_anchors", &bin_anchors, "Anchors (N, 4) bucketed by size class, x1 and y1 (CPU)");
-  m.def("rank_boxes", &rank_boxes, "Per-anchor best gt and its IoU for arbitrary anchors (CPU)");
-  m.def("low_quality_boxes", &low_quality_boxes, "Per-anchor highest gt it is a best anchor of, or -1 (CPU)");
-  m.def("level_shape", &level_shape, "(A, stride, H, W) of the grid a plain anchor tensor starts with (CPU)");
-  m.def("same_areas", &same_areas, "Whether every anchor has its base shape's area (CPU)");
-  m.def("random_keys", &random_keys, "Sampling keys from a splitmix64 stream (CPU)");
-  m.def("sample_balanced", &sample_balanced, "Balanced sampling by the largest random keys (CPU)");
-  m.def("finish_targets", &finish_targets, "Labels, sampling, weights and regression targets from the match (CPU)");
-}
