@@ -1,6 +1,6 @@
 """RPN anchor targets: frcnn against torchvision's per-image path, and peak memory on an FPN case.
 
-    .venv/bin/python benchmarks/anchor_targets.py [--repeats 24] [--skip-memory] [--warm-heap] [--profile]
+    .venv/bin/python benchmarks/anchor_targets.py [--repeats 24] [--skip-memory] [--warm-heap] [--profile] [--stages]
 
 Both sides run in this process with 2 threads on the same anchors and boxes; medians of
 interleaved runs. frcnn runs the torchvision preset, the same work as torchvision's
@@ -32,6 +32,12 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou
 
 from frcnn import AnchorTargetConfig, assign_anchor_targets, concat_anchors, generate_anchors, grid_anchors
+from frcnn.anchor_targets.checks import check_inputs
+from frcnn.anchor_targets.geometry import anchor_codes, as_grids, grid_levels
+from frcnn.anchor_targets.grid_matching import match_grids
+from frcnn.anchor_targets.recognition import recognise_grids
+from frcnn.anchor_targets.targets import finish_targets
+from frcnn.sampling import random_keys
 
 IMAGE_HEIGHT, IMAGE_WIDTH, STRIDE = 600, 1000, 16
 WARM_HEAP = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
@@ -120,6 +126,45 @@ def profile_call(repeats: int) -> None:
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def fastest_ms(fn, repeats: int) -> float:
+    for _ in range(5):  # warm-up
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def stage_times(repeats: int) -> None:
+    """Each part of one frcnn call (torchvision preset, grid, B = 8, 20 gts) timed alone: the
+    fastest of ``repeats`` calls, which machine noise disturbs least."""
+    grid = grid_anchors(generate_anchors(), -(-IMAGE_HEIGHT // STRIDE), -(-IMAGE_WIDTH // STRIDE), STRIDE)
+    gt_boxes = random_gt(8, 20, IMAGE_HEIGHT, IMAGE_WIDTH, seed=8020)
+    num_boxes = torch.full((8,), 20)
+    im_info = torch.tensor([[IMAGE_HEIGHT, IMAGE_WIDTH, 1.0]]).repeat(8, 1)
+    config = AnchorTargetConfig.preset("torchvision")
+    gt, valid, has_gt = gt_boxes[..., :4].contiguous(), torch.ones(8, 20, dtype=torch.bool), num_boxes > 0
+    levels = grid_levels(as_grids(grid), gt.dtype, 0.0)
+    match = match_grids(levels, gt, valid, im_info, config, 0.0)
+    keys = random_keys(match.max_iou.shape)
+    codes, scales = anchor_codes(grid, False, gt.dtype)
+    plain = grid.boxes.clone()
+    stages = {
+        "whole call (assign_anchor_targets)": lambda: assign_anchor_targets(grid, gt_boxes, num_boxes, im_info, config),
+        "input checks": lambda: check_inputs(grid, gt_boxes, num_boxes, im_info, None, None),
+        "matching (match_grids)": lambda: match_grids(levels, gt, valid, im_info, config, 0.0),
+        "sampling keys (random_keys)": lambda: random_keys(match.max_iou.shape),
+        "labels to targets (finish_targets)": lambda: finish_targets(match, has_gt, gt, codes, scales, config, None,
+                                                                     keys),
+        "plain tensor recognised (recognise_grids)": lambda: recognise_grids(plain, gt.dtype, 0.0),
+    }
+    print(f"frcnn, torchvision preset, grid, B = 8, 20 gts: fastest of {repeats} calls of each part alone (ms)")
+    for name, fn in stages.items():
+        print(f"| {name} | {fastest_ms(fn, repeats):.3f} |")
+
+
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as status:
         for line in status:
@@ -175,6 +220,8 @@ def main() -> None:
                         help="also run the table with malloc in a long-running process's steady state")
     parser.add_argument("--profile", action="store_true",
                         help="only print where one frcnn call at B = 8, 20 gts spends its time, op by op")
+    parser.add_argument("--stages", action="store_true",
+                        help="only print the time of each part of one frcnn call at B = 8, 20 gts")
     parser.add_argument("--memory-child", choices=FPN_FORMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -183,6 +230,9 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.profile:
         profile_call(args.repeats)
+        return
+    if args.stages:
+        stage_times(max(args.repeats, 100))
         return
     if args.warm_heap:
         command = [sys.executable, __file__, "--repeats", str(args.repeats), "--skip-memory"]
