@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 PROBE = """
 import json, os, sys
@@ -19,6 +20,10 @@ print(json.dumps({"unchanged": dict(os.environ) == before, "torch_on_import": lo
 
 def _probe(code: str) -> dict:
     env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    # torch._dynamo, which torchvision imports, sets TORCHINDUCTOR_CACHE_DIR when it is unset:
+    # torch's doing, not frcnn's. Set it here, so that the probe sees frcnn alone whether or not
+    # an earlier test in this process already had torch set it.
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "frcnn_probe_inductor"))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
