@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test bench setup
+.PHONY: train test bench setup lint
 
 setup: $(STAMP)
 
@@ -24,8 +24,13 @@ train: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/frcnn train
 
 # Passive OpenMP waits: spinning threads stall each other when the cores are shared.
-test: $(STAMP)
+test: $(STAMP) lint
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
+
+# ruff (rules in pyproject.toml) over the Python, clang-format (.clang-format) over the kernels.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/clang-format --dry-run --Werror src/frcnn/csrc/*.cpp src/frcnn/csrc/*.h
 
 bench: $(STAMP)
 	$(PY) benchmarks/anchor_targets.py --warm-heap

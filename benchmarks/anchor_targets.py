@@ -106,7 +106,9 @@ def speed_table(repeats: int) -> None:
                 for name, fn in runs.items():
                     samples[name].append(median_ms(fn, max(1, repeats // 3)))
             ms = {name: statistics.median(values) for name, values in samples.items()}
-            cells = " | ".join(f"{ms[name]:.2f} | {ms['torchvision'] / ms[name]:.1f}x" for name in ("grid", "plain", "shuffled"))
+            cells = " | ".join(
+                f"{ms[name]:.2f} | {ms['torchvision'] / ms[name]:.1f}x" for name in ("grid", "plain", "shuffled")
+            )
             print(f"| {num_gt} | {batch} | {ms['torchvision']:.2f} | {cells} |")
 
 

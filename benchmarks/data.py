@@ -22,12 +22,26 @@ import numpy as np
 from faster_coco_eval import COCO as FasterCOCO
 from faster_coco_eval import COCOeval_faster
 
-from frcnn.data import (SHAPE_NAMES, DetectionTransform, ImageAnnotation, SyntheticConfig, build_dataset,
-                        build_loader, ensure_synthetic)
+from frcnn.data import (
+    SHAPE_NAMES,
+    DetectionTransform,
+    ImageAnnotation,
+    SyntheticConfig,
+    build_dataset,
+    build_loader,
+    ensure_synthetic,
+)
 from frcnn.data.annotations import box_areas
 from frcnn.data.dataset import DetectionDataset
-from frcnn.evaluation import (ImageDetections, coco_ground_truth, coco_metrics, detections_per_image,
-                              evaluate_detections, proposal_recall, voc_metrics)
+from frcnn.evaluation import (
+    ImageDetections,
+    coco_ground_truth,
+    coco_metrics,
+    detections_per_image,
+    evaluate_detections,
+    proposal_recall,
+    voc_metrics,
+)
 from frcnn.evaluation.results import evaluation_naming, result_rows
 
 

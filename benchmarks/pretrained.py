@@ -54,8 +54,12 @@ def timed(run) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", nargs="+", default=["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn"],
-                        choices=TORCHVISION_ARCHS)
+    parser.add_argument(
+        "--arch",
+        nargs="+",
+        default=["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn"],
+        choices=TORCHVISION_ARCHS,
+    )
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--min-size", type=int, default=480)
     parser.add_argument("--max-size", type=int, default=640)
@@ -67,9 +71,12 @@ def main() -> None:
     generator = torch.Generator().manual_seed(1)
     sizes = [(480, 640), (640, 480), (375, 500), (500, 333)]
     images = [torch.rand(3, *sizes[i % len(sizes)], generator=generator).to(args.device) for i in range(args.images)]
-    print(f"{args.images} images of sizes {sorted({tuple(im.shape[-2:]) for im in images})}, resize "
-          f"{args.min_size}/{args.max_size}, {args.threads} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, {args.device}, {args.rounds} interleaved rounds after one warm-up")
+    print(
+        f"{args.images} images of sizes {sorted({tuple(im.shape[-2:]) for im in images})}, resize "
+        f"{args.min_size}/{args.max_size}, {args.threads} threads, OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, {args.device}, "
+        f"{args.rounds} interleaved rounds after one warm-up"
+    )
     print("| architecture | torchvision images/s | frcnn images/s | detections per round (tv / frcnn) |")
     print("| --- | --- | --- | --- |")
     for arch in args.arch:

@@ -6,8 +6,8 @@ used as a test oracle. Only ``batch_size=None`` (no random subsampling) is suppo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,13 +29,13 @@ class SimpleConfig:
     negative_overlap: float = 0.3
     clobber_positives: bool = False
     fg_fraction: float = 0.5
-    batch_size: Optional[int] = 256
-    bbox_inside_weights: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    batch_size: int | None = 256
+    bbox_inside_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     positive_weight: float = -1.0
-    allowed_border: Optional[float] = 0
+    allowed_border: float | None = 0
     legacy_plus_one: bool = True
     low_quality_matches: bool = True
-    bbox_weights: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    bbox_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     min_positive_overlap: float = 0.0
     low_quality_reassign: bool = False
     ignore_overlap: float = 0.5

@@ -166,11 +166,20 @@ def write_dataset(root: Path) -> DetectionDataset:
         path = root / f"{index}.png"
         Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
         boxes_array = np.array(boxes, dtype=np.float64).reshape(-1, 4)
-        records.append(ImageAnnotation(path, index, height, width, boxes_array,
-                                       np.arange(1, len(boxes) + 1, dtype=np.int64) % 2 + 1,
-                                       np.array(difficult, dtype=bool),
-                                       (boxes_array[:, 2] - boxes_array[:, 0]) * (boxes_array[:, 3] - boxes_array[:, 1]),
-                                       np.zeros((0, 4)), np.zeros(0, dtype=np.int64)))
+        records.append(
+            ImageAnnotation(
+                path,
+                index,
+                height,
+                width,
+                boxes_array,
+                np.arange(1, len(boxes) + 1, dtype=np.int64) % 2 + 1,
+                np.array(difficult, dtype=bool),
+                (boxes_array[:, 2] - boxes_array[:, 0]) * (boxes_array[:, 3] - boxes_array[:, 1]),
+                np.zeros((0, 4)),
+                np.zeros(0, dtype=np.int64),
+            )
+        )
     return DetectionDataset(tuple(records), ("a", "b"), "voc")
 
 

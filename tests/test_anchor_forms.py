@@ -45,7 +45,7 @@ def test_plain_tensors_equal_the_grid_bit_for_bit(monkeypatch, name):
     outputs exactly."""
     rng = np.random.default_rng(sum(map(ord, name)) + 1)
     one_shot = make_config(CONFIGS[name])
-    for trial in range(2):
+    for _ in range(2):
         grid, inputs, kwargs = oracle_case(rng, name)
         expected = assign_anchor_targets(grid, *inputs, one_shot, **kwargs)
         order = torch.from_numpy(rng.permutation(grid.num_anchors))
@@ -91,7 +91,10 @@ def test_recognises_grids_and_fpn_levels_in_level_order(recognition_path):
     wide = fpn_levels(torch.float64)
     assert shape_of(recognise_grids(concat_anchors(wide), torch.float64, 1.0)) == shape_of(wide)
     assert shape_of(recognise_grids(concat_anchors(levels[::-1]), torch.float32, 0.0)) == shape_of(levels[::-1])
-    two = [grid_anchors(generate_anchors(8, (1,), (2,)), 3, 4, 8), grid_anchors(generate_anchors(8, (1,), (2,)), 2, 2, 8)]
+    two = [
+        grid_anchors(generate_anchors(8, (1,), (2,)), 3, 4, 8),
+        grid_anchors(generate_anchors(8, (1,), (2,)), 2, 2, 8),
+    ]
     assert shape_of(recognise_grids(concat_anchors(two), torch.float32, 0.0)) == shape_of(two)
 
 
@@ -205,7 +208,11 @@ def test_mmdetection_ignore_rule_equals_its_assigner(monkeypatch):
         num = np.array([5, 0, 3])
         gt = np.stack([c[1] for c in cases])
         ignore = np.stack([c[2] for c in cases])
-        inputs = (torch.from_numpy(gt), torch.from_numpy(num), torch.tensor([[64.0, 64.0, 1.0]] * 3, dtype=torch.float64))
+        inputs = (
+            torch.from_numpy(gt),
+            torch.from_numpy(num),
+            torch.tensor([[64.0, 64.0, 1.0]] * 3, dtype=torch.float64),
+        )
         kwargs = dict(ignore_boxes=torch.from_numpy(ignore), num_ignore=torch.tensor([3, 3, 2]))
         for use_kernels in (True, False):
             with monkeypatch.context() as patch:

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from frcnn import (AnchorGrid, AnchorTargetConfig, AnchorTargetLayer, assign_anchor_targets, concat_anchors,
-                   generate_anchors, grid_anchors)
+from frcnn import (
+    AnchorTargetConfig,
+    AnchorTargetLayer,
+    assign_anchor_targets,
+    concat_anchors,
+    generate_anchors,
+    grid_anchors,
+)
 from oracle import ref_anchor_targets, ref_generate_anchors, ref_legacy_layout, ref_shifted_anchors
 
 STRIDE = 16
@@ -98,7 +104,7 @@ def test_matches_oracle_on_grid_anchors(name):
     config = make_config(spec)
     rng = np.random.default_rng(sum(map(ord, name)))
     base = generate_anchors(16, (0.5, 1, 2), SMALL_SCALES)
-    for trial in range(6):
+    for _ in range(6):
         height, width = rng.integers(2, 7, size=2)
         gt, num, im_info = random_batch(rng, batch=3, height=height, width=width, max_gt=int(rng.integers(1, 7)))
         ignore = random_ignore(rng, im_info, 3) if spec.get("ignore") else None
@@ -119,7 +125,7 @@ def test_plain_tensor_and_multilevel_anchors_match_oracle(name):
     rng = np.random.default_rng(7)
     levels = [grid_anchors(generate_anchors(8, (0.5, 1, 2), (2,)), 8, 10, 8, dtype=torch.float64),
               grid_anchors(generate_anchors(16, (1,), (2, 4)), 4, 5, 16, dtype=torch.float64)]
-    for trial in range(4):
+    for _ in range(4):
         gt, num, im_info = random_batch(rng, batch=3, height=4, width=5, max_gt=5)
         ignore = random_ignore(rng, im_info, 2) if spec.get("ignore") else None
         kwargs = {}

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from frcnn.boxes import (box_area, box_codes, box_ioa, box_iou, box_size, clip_boxes, decode_boxes,
-                         encode_boxes)
+from frcnn.boxes import box_area, box_codes, box_ioa, box_iou, box_size, clip_boxes, decode_boxes, encode_boxes
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
 

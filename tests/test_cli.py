@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_plots import assert_png_not_blank
 
 from frcnn.cli import main
 from frcnn.engine import RESULTS_COLUMNS, load_checkpoint, read_log, read_results
+from test_plots import assert_png_not_blank
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.long_side=[64,96]",
@@ -127,7 +127,9 @@ def test_ctrl_c_leaves_a_checkpoint_and_the_resumed_run_equals_a_straight_one(wo
     assert stopped_at and 3 <= int(stopped_at[1]) < 16
     assert load_checkpoint(workdir / "stopped" / "checkpoint.pt")["progress"]["iteration"] == int(stopped_at[1])
     ok(frcnn(workdir, "train", "--out", "stopped", "--resume"))
-    straight, resumed = (load_checkpoint(workdir / name / "model_final.pt")["model"] for name in ("straight", "stopped"))
+    straight, resumed = (
+        load_checkpoint(workdir / name / "model_final.pt")["model"] for name in ("straight", "stopped")
+    )
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
     straight, resumed = (read_results(workdir / name / "results.csv") for name in ("straight", "stopped"))

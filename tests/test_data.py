@@ -12,8 +12,19 @@ import torch
 from PIL import Image
 
 from frcnn.data import (
-    SHAPE_NAMES, VOC_CLASSES, AspectRatioBatchSampler, DatasetError, DetectionTransform, ReadOptions,
-    SyntheticConfig, build_dataset, build_loader, collate, ensure_synthetic, load_coco, load_voc,
+    SHAPE_NAMES,
+    VOC_CLASSES,
+    AspectRatioBatchSampler,
+    DatasetError,
+    DetectionTransform,
+    ReadOptions,
+    SyntheticConfig,
+    build_dataset,
+    build_loader,
+    collate,
+    ensure_synthetic,
+    load_coco,
+    load_voc,
     resize_scale,
 )
 from frcnn.data.synthetic import _draw_objects, _noise_tile, render_image
@@ -388,8 +399,9 @@ def test_collate_drops_difficult_objects_unless_kept_and_allows_no_objects():
 
 def test_aspect_ratio_batches_are_homogeneous_and_cover_every_index():
     ratios = np.array([1.5, 0.5, 0.7, 1.0, 2.0, 0.6, 1.2, 0.9, 1.1])
-    sampler = AspectRatioBatchSampler(torch.utils.data.RandomSampler(range(9), generator=torch.Generator().manual_seed(0)),
-                                      ratios, batch_size=2)
+    sampler = AspectRatioBatchSampler(
+        torch.utils.data.RandomSampler(range(9), generator=torch.Generator().manual_seed(0)), ratios, batch_size=2
+    )
     batches = list(sampler)
     assert len(batches) == len(sampler) == 3 + 2
     assert sorted(i for b in batches for i in b) == list(range(9))

@@ -6,7 +6,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +13,7 @@ from PIL import Image
 from frcnn.cli.main import main
 from frcnn.data import DatasetError, ReadOptions, build_dataset
 from frcnn.data.report import check_data
-from test_data_formats import CLASSES, write_coco_layout, write_voc_layout, write_yolo_layout
+from test_data_formats import write_coco_layout, write_voc_layout, write_yolo_layout
 
 TINY_MODEL = ["model.preprocess.min_size=64", "model.preprocess.max_size=96", "train.batch_size=2",
               "train.log_every=1", "train.checkpoint_every=1"]
@@ -80,7 +79,9 @@ def break_voc(root: Path, case: str) -> tuple[list[str], str]:
         (root / "ImageSets" / "Main" / "train.txt").write_text("\n")
         return [], "train.txt: split 'train' is empty"
     if case == "missing split":
-        return ["data.train_split=default"], "default.txt: no split 'default': the split file is missing; this folder has train, val"
+        return [
+            "data.train_split=default"
+        ], "default.txt: no split 'default': the split file is missing; this folder has train, val"
     raise AssertionError(case)
 
 
@@ -131,15 +132,19 @@ def break_coco(root: Path, case: str) -> tuple[list[str], str]:
     else:
         raise AssertionError(case)
     path.write_text(json.dumps(content))
-    return [], {"missing bbox": "instances_train.json: annotation 1: bad or missing field 'bbox'",
-                "bbox not numbers": "instances_train.json: annotation 1: bad or missing field",
-                "non-finite bbox": "instances_train.json: annotation 1 of image 'img_a.jpg': non-finite coordinate",
-                "degenerate box": "annotation 1 of image 'img_a.jpg': box (x1, y1, x2, y2) = (4, 6, 4, 50) has x2 <= x1",
-                "box outside the image": "annotation 1 of image 'img_a.jpg': box (x1, y1, x2, y2) = (4, 6, 140, 50) lies outside",
-                "unknown image id": "instances_train.json: annotation 1: image_id 77 is not an image of the file",
-                "unknown category id": "instances_train.json: annotation 1: category_id 9 is not a category of the file",
-                "duplicate image ids": "instances_train.json: image #1: image id 1 is not a unique integer",
-                "empty split": "instances_train.json: has no images"}[case]
+    return [], {
+        "missing bbox": "instances_train.json: annotation 1: bad or missing field 'bbox'",
+        "bbox not numbers": "instances_train.json: annotation 1: bad or missing field",
+        "non-finite bbox": "instances_train.json: annotation 1 of image 'img_a.jpg': non-finite coordinate",
+        "degenerate box": "annotation 1 of image 'img_a.jpg': box (x1, y1, x2, y2) = (4, 6, 4, 50) has x2 <= x1",
+        "box outside the image": (
+            "annotation 1 of image 'img_a.jpg': box (x1, y1, x2, y2) = (4, 6, 140, 50) lies outside"
+        ),
+        "unknown image id": "instances_train.json: annotation 1: image_id 77 is not an image of the file",
+        "unknown category id": "instances_train.json: annotation 1: category_id 9 is not a category of the file",
+        "duplicate image ids": "instances_train.json: image #1: image id 1 is not a unique integer",
+        "empty split": "instances_train.json: has no images",
+    }[case]
 
 
 COCO_CASES = ["malformed json", "missing bbox", "bbox not numbers", "non-finite bbox", "degenerate box",
@@ -179,7 +184,9 @@ def break_yolo(root: Path, case: str) -> tuple[list[str], str]:
         line2("2 0.98 0.5 0.1 0.1")
         return [], "img_a.txt:2: box corners [0.93, 0.45, 1.03, 0.55] (normalised x1, y1, x2, y2) leave [0, 1]"
     if case == "unknown class":
-        return ["data.class_names=[bolt,cross,screw,washer]"], "img_a.txt:2: class 'nut' (index 2) is not one of data.class_names"
+        return [
+            "data.class_names=[bolt,cross,screw,washer]"
+        ], "img_a.txt:2: class 'nut' (index 2) is not one of data.class_names"
     if case == "missing image":
         (root / "train.txt").write_text("images/train/img_b.jpg\nimages/train/nothere.jpg\n")
         replace_in(root / "data.yaml", "train: images/train", "train: train.txt")
@@ -225,10 +232,16 @@ def test_bad_data_stops_frcnn_train_with_one_line_naming_the_file(tmp_path, caps
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-SKIPPABLE = [("voc", "degenerate box", 0, 1), ("voc", "not an image", 1, 0), ("voc", "malformed xml", 1, 0),
-             ("coco", "unknown image id", 0, 1), ("coco", "duplicate image ids", 1, 2),  # its two annotations point nowhere now
-             ("yolo", "outside [0, 1]", 0, 1), ("yolo", "wrong number of fields", 0, 1),
-             ("yolo", "truncated image", 1, 0)]
+SKIPPABLE = [
+    ("voc", "degenerate box", 0, 1),
+    ("voc", "not an image", 1, 0),
+    ("voc", "malformed xml", 1, 0),
+    ("coco", "unknown image id", 0, 1),
+    ("coco", "duplicate image ids", 1, 2),  # its two annotations point nowhere now
+    ("yolo", "outside [0, 1]", 0, 1),
+    ("yolo", "wrong number of fields", 0, 1),
+    ("yolo", "truncated image", 1, 0),
+]
 
 
 @pytest.mark.parametrize("kind, case, images, objects", SKIPPABLE)

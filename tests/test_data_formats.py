@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from frcnn.data import DatasetError, ReadOptions, build_dataset, image_annotation, load_voc
@@ -211,9 +210,13 @@ def _mode_images(folder: Path) -> dict[str, Path]:
     rgb = Image.fromarray(np.stack([grey] * 3, axis=2))
     paths = {}
     for name, image, suffix in [
-            ("grey", Image.fromarray(grey), "png"), ("palette", rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "png"),
-            ("rgba", rgb.convert("RGBA"), "png"), ("grey16", Image.fromarray(grey.astype(np.uint16) * 257), "png"),
-            ("cmyk", rgb.convert("CMYK"), "jpg"), ("la", Image.fromarray(grey).convert("LA"), "png")]:
+        ("grey", Image.fromarray(grey), "png"),
+        ("palette", rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "png"),
+        ("rgba", rgb.convert("RGBA"), "png"),
+        ("grey16", Image.fromarray(grey.astype(np.uint16) * 257), "png"),
+        ("cmyk", rgb.convert("CMYK"), "jpg"),
+        ("la", Image.fromarray(grey).convert("LA"), "png"),
+    ]:
         paths[name] = folder / f"{name}.{suffix}"
         image.save(paths[name])
     return paths

@@ -38,7 +38,9 @@ def test_report_counts_and_sizes_match_a_plain_recount(folders, tmp_path):
     assert report.coco_sizes == {"small": int((areas < 1024).sum()), "medium": int((areas >= 1024).sum()), "large": 0}
     assert report.box_sizes["original"]["sqrt_area"]["median"] == pytest.approx(np.median(np.sqrt(areas)), abs=1e-3)
     scales = np.array([resize_scale(h, w, 50, 60) for _, _, w, h in objects])
-    assert report.box_sizes["resized"]["width"]["p95"] == pytest.approx(np.quantile(sizes[:, 0] * scales, 0.95), abs=1e-3)
+    assert report.box_sizes["resized"]["width"]["p95"] == pytest.approx(
+        np.quantile(sizes[:, 0] * scales, 0.95), abs=1e-3
+    )
     assert report.duplicate_boxes == 0 and report.problems == ()
     text = summary(report)
     assert text.startswith(f"{folders['voc']} train: 4 images (1 without objects), 7 objects") and "\n" not in text

@@ -15,10 +15,29 @@ import pytest
 import torch
 
 from frcnn.data import SyntheticConfig, collate
-from frcnn.engine import (RESULTS_COLUMNS, Budget, Callback, IterationBatchSampler, NonFiniteLossError, Progress,
-                          RunConfig, RunPictures, TrainConfig, Trainer, TrainingInterrupted, detector_losses,
-                          load_checkpoint, lr_factor, read_log, read_results, save_atomic, seed_everything,
-                          standard_callbacks, training_state_kept, validation_losses)
+from frcnn.engine import (
+    RESULTS_COLUMNS,
+    Budget,
+    Callback,
+    IterationBatchSampler,
+    NonFiniteLossError,
+    Progress,
+    RunConfig,
+    RunPictures,
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    detector_losses,
+    load_checkpoint,
+    lr_factor,
+    read_log,
+    read_results,
+    save_atomic,
+    seed_everything,
+    standard_callbacks,
+    training_state_kept,
+    validation_losses,
+)
 from frcnn.engine.checkpoint import rng_state, set_rng_state
 from frcnn.engine.inference import evaluate, json_safe
 from frcnn.engine.results import METRIC_COLUMNS
@@ -345,7 +364,11 @@ def test_validation_writes_the_run_folder_and_leaves_training_alone(tiny_config:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
 
     hooks = [name for name, _ in recorder.calls]
-    assert hooks[:3] == ["on_train_start", "on_step_start", "on_log"] and hooks[-3:] == ["on_train_end", "on_checkpoint", "on_close"]
+    assert hooks[:3] == ["on_train_start", "on_step_start", "on_log"] and hooks[-3:] == [
+        "on_train_end",
+        "on_checkpoint",
+        "on_close",
+    ]
     assert [i for name, i in recorder.calls if name == "on_evaluation"] == [2, 4]
     assert [i for name, i in recorder.calls if name == "on_checkpoint"] == [2, 4, 4]
 

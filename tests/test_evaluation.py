@@ -19,8 +19,16 @@ from frcnn.data.annotations import box_areas
 from frcnn.data.dataset import DetectionDataset
 from frcnn.data.voc import internal_to_voc
 from frcnn.evaluation import (
-    COCO_STAT_NAMES, coco_metrics, detections_per_image, detections_to_results, evaluate_detections,
-    proposal_recall, read_results_json, voc_ap, voc_metrics, voc_pr_curves, write_results_json,
+    COCO_STAT_NAMES,
+    coco_metrics,
+    detections_per_image,
+    evaluate_detections,
+    proposal_recall,
+    read_results_json,
+    voc_ap,
+    voc_metrics,
+    voc_pr_curves,
+    write_results_json,
 )
 
 
@@ -141,10 +149,15 @@ def devkit_curve(dataset: DetectionDataset, detections: list[dict], label: int) 
         mine = a.labels == label
         objects[a.image_id] = [internal_to_voc(a.boxes[mine]), a.difficult[mine], [False] * int(mine.sum())]
         positives += int((~a.difficult[mine]).sum())
-    found = sorted(((float(s), a.image_id, internal_to_voc(b[None].numpy())[0])
-                    for a, d in zip(dataset.annotations, detections)
-                    for b, s, l in zip(d["boxes"].double(), d["scores"], d["labels"]) if l == label),
-                   key=lambda row: -row[0])
+    found = sorted(
+        (
+            (float(s), a.image_id, internal_to_voc(b[None].numpy())[0])
+            for a, d in zip(dataset.annotations, detections)
+            for b, s, found_label in zip(d["boxes"].double(), d["scores"], d["labels"])
+            if found_label == label
+        ),
+        key=lambda row: -row[0],
+    )
     tp, fp = np.zeros(len(found)), np.zeros(len(found))
     for n, (_, image_id, box) in enumerate(found):
         boxes, difficult, taken = objects[image_id]
@@ -312,7 +325,9 @@ def test_coco_metrics_equal_pycocotools_on_the_annotation_file(tmp_path, seed, e
 
     assert stats[0] > 0.05  # the case is not degenerate
     for name, expected in zip(COCO_STAT_NAMES, stats):
-        assert (math.isnan(metrics[name]) and expected == -1) or metrics[name] == pytest.approx(expected, abs=1e-12), name
+        assert (math.isnan(metrics[name]) and expected == -1) or metrics[name] == pytest.approx(expected, abs=1e-12), (
+            name
+        )
     for k, name in enumerate(dataset.class_names):
         per_class = precision[:, :, k, 0, -1]
         assert metrics[f"coco_ap/{name}"] == pytest.approx(per_class[per_class > -1].mean(), abs=1e-12)
@@ -365,7 +380,12 @@ def test_voc_results_name_images_by_stem_and_classes_by_name_in_one_based_pixels
     path = tmp_path / "results.json"
     write_results_json(path, dataset, detections)
     rows = json.loads(path.read_text())
-    assert rows[0] == {"image_id": "a", "category_id": "cat", "bbox": [1.0, 1.0, 10.0, 10.0], "score": pytest.approx(0.9)}
+    assert rows[0] == {
+        "image_id": "a",
+        "category_id": "cat",
+        "bbox": [1.0, 1.0, 10.0, 10.0],
+        "score": pytest.approx(0.9),
+    }
     assert rows[1]["bbox"] == [3.5, 4.0, 17.5, 27.0] and rows[2]["image_id"] == "b"
     back = read_results_json(path, dataset)
     for original, read in zip(detections, back):
@@ -386,20 +406,32 @@ def test_coco_results_use_the_annotation_files_ids(tmp_path):
     path = tmp_path / "results.json"
     write_results_json(path, dataset, [dets([[1, 2, 4, 6], [0, 0, 5, 5]], [0.5, 0.25], [2, 1])])
     rows = json.loads(path.read_text())
-    assert [(r["image_id"], r["category_id"], r["bbox"]) for r in rows] == [(12, 44, [1, 2, 3, 4]), (12, 7, [0, 0, 5, 5])]
+    assert [(r["image_id"], r["category_id"], r["bbox"]) for r in rows] == [
+        (12, 44, [1, 2, 3, 4]),
+        (12, 7, [0, 0, 5, 5]),
+    ]
     (read,) = read_results_json(path, dataset)
     np.testing.assert_array_equal(read["boxes"], [[1, 2, 4, 6], [0, 0, 5, 5]])
     np.testing.assert_array_equal(read["labels"], [2, 1])
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ('[{"image_id": "a", "category_id": "cat", "bbox": [1, 1, 2, 2]', "malformed JSON"),
-    ('{"image_id": "a"}', "is not a list"),
-    ('[{"image_id": "zz", "category_id": "cat", "bbox": [1, 1, 2, 2], "score": 1}]', "result #0: unknown image_id 'zz'"),
-    ('[{"image_id": "a", "category_id": "cat", "bbox": [1, 1, 2, 2], "score": 1}, '
-     '{"image_id": "a", "category_id": 1, "bbox": [1, 1, 2, 2], "score": 1}]', "result #1: unknown category_id 1"),
-    ('[{"image_id": "a", "category_id": "cat", "bbox": [1, 1, 2], "score": 1}]', "result #0: bad or missing field"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[{"image_id": "a", "category_id": "cat", "bbox": [1, 1, 2, 2]', "malformed JSON"),
+        ('{"image_id": "a"}', "is not a list"),
+        (
+            '[{"image_id": "zz", "category_id": "cat", "bbox": [1, 1, 2, 2], "score": 1}]',
+            "result #0: unknown image_id 'zz'",
+        ),
+        (
+            '[{"image_id": "a", "category_id": "cat", "bbox": [1, 1, 2, 2], "score": 1}, '
+            '{"image_id": "a", "category_id": 1, "bbox": [1, 1, 2, 2], "score": 1}]',
+            "result #1: unknown category_id 1",
+        ),
+        ('[{"image_id": "a", "category_id": "cat", "bbox": [1, 1, 2], "score": 1}]', "result #0: bad or missing field"),
+    ],
+)
 def test_bad_results_file_raises_a_dataset_error_naming_it(tmp_path, text, message):
     path = tmp_path / "results.json"
     path.write_text(text)

@@ -7,8 +7,17 @@ import torchvision
 
 from frcnn.anchor_targets import AnchorTargetConfig
 from frcnn.boxes import box_iou
-from frcnn.config import (BACKBONES, BackboneConfig, HeadConfig, InferenceConfig, ModelConfig, ProposalLimits,
-                          RoISamplingConfig, RPNConfig, default_config)
+from frcnn.config import (
+    BACKBONES,
+    BackboneConfig,
+    HeadConfig,
+    InferenceConfig,
+    ModelConfig,
+    ProposalLimits,
+    RoISamplingConfig,
+    RPNConfig,
+    default_config,
+)
 from frcnn.model import FasterRCNN
 
 HEIGHT, WIDTH = 128, 160

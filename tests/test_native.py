@@ -106,7 +106,9 @@ def test_axis_overlap_kernel_equals_op_path(monkeypatch, dtype):
         im_info = torch.tensor([[150.0, 190.0, 1.0], [211.0, 97.5, 1.0], [64.0, 250.0, 2.0]], dtype=dtype)
         border = [None, 0.0, 7.5][trial % 3]
         offset = float(trial % 2)
-        compiled, fallback = both_paths(monkeypatch, lambda: axis_overlaps(level, boxes, valid, im_info, border, offset))
+        compiled, fallback = both_paths(
+            monkeypatch, lambda: axis_overlaps(level, boxes, valid, im_info, border, offset)
+        )
         for name, got, want in zip(compiled._fields, compiled, fallback):
             assert got.dtype == want.dtype and torch.equal(got, want), (trial, name)
         meeting += bool((compiled.heights * compiled.widths.amax(dim=3, keepdim=True) > 0).any())
@@ -170,7 +172,10 @@ def test_sampling_kernel_breaks_equal_keys_by_the_lower_index():
                                   {"working_set_bytes": 4096}])
 def test_layer_outputs_are_identical_with_and_without_the_kernel(monkeypatch, spec):
     torch.manual_seed(0)
-    levels = [grid_anchors(generate_anchors(), 19, 32, 16), grid_anchors(generate_anchors(32, scales=(4, 8)), 10, 16, 32)]
+    levels = [
+        grid_anchors(generate_anchors(), 19, 32, 16),
+        grid_anchors(generate_anchors(32, scales=(4, 8)), 10, 16, 32),
+    ]
     corners = torch.rand(3, 25, 2) * 400
     gt = torch.cat([corners, corners + torch.rand(3, 25, 2) * 200 + 1, torch.ones(3, 25, 1)], dim=-1)
     gt[:, 5] = gt[:, 4]  # an exact duplicate: a tie

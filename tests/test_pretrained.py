@@ -224,8 +224,25 @@ def test_train_init_from_a_coco_torchvision_checkpoint(tmp_path):
     final = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)
     assert final["model"]["roi_head.cls_score.weight"].shape == (6, 1024)
     assert final["config"]["model"]["anchors"]["cell_rule"] == "torchvision"
-    bad = subprocess.run([sys.executable, "-m", "frcnn", "train", "--init", f"torchvision:fasterrcnn_resnet50_fpn:{path}",
-                          "--out", "bad", "--no-eval", "--set", *tiny], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "frcnn",
+            "train",
+            "--init",
+            f"torchvision:fasterrcnn_resnet50_fpn:{path}",
+            "--out",
+            "bad",
+            "--no-eval",
+            "--set",
+            *tiny,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     error = bad.stderr.strip().splitlines()[-1]
     assert bad.returncode == 1 and error.startswith("frcnn train: error: ") and "tensor backbone." in error

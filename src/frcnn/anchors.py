@@ -3,9 +3,9 @@ feature-map grid."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence
 
 import torch
 from torch import Tensor

@@ -3,9 +3,9 @@ that is interrupted leaves the previous file (or none) as it was."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 @contextmanager

@@ -7,7 +7,7 @@ head where it has one (VGG16's fc6/fc7, ResNet's C5 stage).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

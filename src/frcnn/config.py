@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -368,7 +369,7 @@ class ModelConfig:
         return to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """The inverse of ``to_dict``; missing keys take their defaults, unknown keys are refused."""
         return from_plain(cls, data, "ModelConfig")
 
@@ -376,7 +377,7 @@ class ModelConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "ModelConfig":
+    def from_yaml(cls, text: str) -> ModelConfig:
         data = yaml.safe_load(text)
         return cls.from_dict({} if data is None else data)
 

@@ -10,7 +10,7 @@ matches as its unpadded matrix does, and an image with no gts as detectron2's em
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -1,9 +1,10 @@
 """``FasterRCNN``: backbone, RPN, anchor and proposal target layers, RoI head, batched end to end."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -157,14 +158,14 @@ class FasterRCNN(nn.Module):
         return found[0] if single else found
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str | None = None) -> "FasterRCNN":
+    def load(cls, path: str | Path, device: torch.device | str | None = None) -> FasterRCNN:
         """The model of an frcnn checkpoint, or of ``torchvision:ARCH:PATH`` (a torchvision
         detector's state dict), in eval mode on ``device`` (default CPU), with its class names."""
         from .pretrained import load_model
         return load_model(str(path), device)
 
     @classmethod
-    def from_torchvision(cls, source: Any, arch: str | None = None) -> "FasterRCNN":
+    def from_torchvision(cls, source: Any, arch: str | None = None) -> FasterRCNN:
         """A torchvision Faster R-CNN (the model, its state dict or the path of one; ``arch`` one
         of ``config.TORCHVISION_ARCHS``, needed unless ``source`` is the model) as an frcnn model
         with the architecture's ``torchvision_config`` recipe, in eval mode."""

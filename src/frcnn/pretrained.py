@@ -8,9 +8,10 @@ frozen ones (no ``num_batches_tracked``, torchvision's COCO weights) or plain on
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -3,7 +3,8 @@ post-processing, batched over images with a fixed number of RoIs per image."""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -347,5 +348,5 @@ def detect(class_logits: Tensor, box_deltas: Tensor, proposals: Proposals, im_in
     image, label, boxes, scores = image[top], label[top], boxes[top], scores[top]
     boxes = boxes / im_info[image, 2][:, None] if box_scale is None else boxes * box_scale[image]
     sizes = counts.clamp(max=config.detections_per_image).tolist()
-    return [{"boxes": b, "scores": s, "labels": l + 1}
-            for b, s, l in zip(boxes.split(sizes), scores.split(sizes), label.split(sizes))]
+    return [{"boxes": b, "scores": s, "labels": cls + 1}
+            for b, s, cls in zip(boxes.split(sizes), scores.split(sizes), label.split(sizes))]

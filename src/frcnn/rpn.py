@@ -6,7 +6,8 @@ and A anchors per cell, anchor n = (y * W + x) * A + a: the order of ``AnchorGri
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +117,7 @@ class Proposals(NamedTuple):
         """(B, P) bool: the first counts[b] rows of image b."""
         return torch.arange(self.rois.shape[1], device=self.rois.device)[None, :] < self.counts[:, None]
 
-    def trimmed(self) -> "Proposals":
+    def trimmed(self) -> Proposals:
         """The same proposals with P cut to the largest count in the batch (one host sync), so
         that the RoI head does not pool empty rows."""
         size = int(self.counts.max()) if self.counts.numel() else 0

@@ -8,7 +8,6 @@ from torch import Tensor
 
 from . import native
 
-
 # splitmix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators", 2014; the
 # generator of Java's SplittableRandom): the n-th output mixes the state seed + n * GAMMA.
 _GAMMA = 0x9E3779B97F4A7C15

@@ -5,8 +5,8 @@ Images are uint8 tensors (3, H, W); boxes are (x1, y1, x2, y2) in that image's p
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -90,7 +90,9 @@ def draw_detections(image: Tensor, boxes: Tensor, labels: Tensor, scores: Tensor
     """
     label_list = [int(v) for v in labels.tolist()]
     names = [_class_name(class_names, label) for label in label_list]
-    captions = names if scores is None else [f"{name} {float(score):.2f}" for name, score in zip(names, scores.tolist())]
+    captions = (
+        names if scores is None else [f"{name} {float(score):.2f}" for name, score in zip(names, scores.tolist())]
+    )
     colours = [PALETTE[(label - 1) % len(PALETTE)] for label in label_list]
     return draw_boxes(image, boxes, colours, captions)
 

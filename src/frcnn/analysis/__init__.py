@@ -6,6 +6,18 @@ from .plot import plot_anchor_fit
 from .report import AnchorReport, anchor_report, anchors_yaml, format_report, save_report
 
 __all__ = [
-    "AnchorReport", "GroundTruth", "GtFit", "Suggestion", "anchor_fit", "anchor_report", "anchors_yaml",
-    "fit_ground_truth", "format_report", "plot_anchor_fit", "resized_ground_truth", "save_report", "suggest_anchors", "summarize",
+    "AnchorReport",
+    "GroundTruth",
+    "GtFit",
+    "Suggestion",
+    "anchor_fit",
+    "anchor_report",
+    "anchors_yaml",
+    "fit_ground_truth",
+    "format_report",
+    "plot_anchor_fit",
+    "resized_ground_truth",
+    "save_report",
+    "suggest_anchors",
+    "summarize",
 ]

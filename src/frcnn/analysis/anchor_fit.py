@@ -12,8 +12,9 @@ every positive anchor. Each gt box is then (see docs/anchors.md):
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -10,8 +10,8 @@ again on every image and kept only if it is no worse there than the current anch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ class Score:
     mean_best_iou: float
 
     @classmethod
-    def of(cls, fit: GtFit) -> "Score":
+    def of(cls, fit: GtFit) -> Score:
         if len(fit.status) == 0:
             return cls(0.0, 0.0)
         return cls(float((fit.status == COVERED).double().mean()), float(fit.best_iou.double().mean()))

@@ -16,6 +16,7 @@ from ..anchors import AnchorGrid, cell_anchors, cell_strides, grid_anchors
 from ..backbones import Backbone, build_backbone
 from ..config import AnchorConfig, BackboneConfig
 
+
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
     """The zero-padded (height, width) of an image batched alone: each side rounded up to a
     multiple of ``multiple`` (``PreprocessConfig.size_divisible``, as ``collate`` pads)."""

@@ -41,7 +41,7 @@ class GroundTruth:
     def __len__(self) -> int:
         return self.boxes.shape[0]
 
-    def subset(self, images: Tensor) -> "GroundTruth":
+    def subset(self, images: Tensor) -> GroundTruth:
         """The boxes of the images ``images`` (M,) int64, renumbered 0..M-1 in that order."""
         position = torch.full((self.num_images,), -1, dtype=torch.int64)
         position[images] = torch.arange(len(images))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from typing import TYPE_CHECKING, Callable
 
 from ..config import ModelConfig
 from .anchor_fit import COVERED, LOW_QUALITY_ONLY, SIZE_LIMITS, UNMATCHED
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SCATTER_POINTS = 4000
 
 
-def plot_anchor_fit(report: "AnchorReport", model: ModelConfig, path: str | Path) -> Path:
+def plot_anchor_fit(report: AnchorReport, model: ModelConfig, path: str | Path) -> Path:
     """Draw ``report`` for ``model`` (whose anchors are the current ones) into the PNG ``path``,
     atomically."""
     figure = Figure(figsize=(13, 8.5), dpi=100, layout="constrained")
@@ -58,8 +58,11 @@ def plot_anchor_fit(report: "AnchorReport", model: ModelConfig, path: str | Path
     shown = torch.randperm(len(gt), generator=torch.Generator().manual_seed(0))[:SCATTER_POINTS]
     status = report.current.status[shown]
     # Covered last, on top: they are the few.
-    for code, label, colour in ((UNMATCHED, "unmatched", "tab:gray"), (LOW_QUALITY_ONLY, "low-quality only", "tab:orange"),
-                                (COVERED, "covered", "tab:green")):
+    for code, label, colour in (
+        (UNMATCHED, "unmatched", "tab:gray"),
+        (LOW_QUALITY_ONLY, "low-quality only", "tab:orange"),
+        (COVERED, "covered", "tab:green"),
+    ):
         pick = shown[status == code]
         axes.scatter(widths[pick].clamp(min=0.5).numpy(), heights[pick].clamp(min=0.5).numpy(), s=4, alpha=0.35,
                      color=colour, label=f"gt, {label} by the current anchors", linewidths=0)

@@ -3,16 +3,17 @@ the warnings, as one JSON-ready dict and as a text table (docs/anchors.md)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
 
 from ..config import AnchorConfig, ModelConfig, to_plain
 from ..data import DetectionDataset
-from .anchor_fit import GtFit, STATUS_NAMES, anchor_description, anchor_fields, fit_ground_truth, summarize
+from .anchor_fit import STATUS_NAMES, GtFit, anchor_description, anchor_fields, fit_ground_truth, summarize
 from .anchor_search import SAMPLE_IMAGES, Suggestion, suggest_anchors
 from .bound import best_possible_iou, level_origins
 from .geometry import FeatureGeometry, base_anchors

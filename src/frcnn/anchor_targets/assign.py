@@ -6,9 +6,9 @@ import torch
 from torch import Tensor
 
 from ..sampling import random_keys
+from .box_matching import match_boxes, max_ioa_boxes
 from .checks import check_inputs
 from .config import AnchorTargetConfig
-from .box_matching import match_boxes, max_ioa_boxes
 from .geometry import Anchors, anchor_codes, as_grids, grid_levels, num_anchors
 from .grid_matching import match_grids, max_ioa_grids
 from .outputs import AnchorTargets

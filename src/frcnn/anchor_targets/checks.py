@@ -1,8 +1,8 @@
 """Input checks of the anchor target layer (docs/anchor_targets.md, Bad inputs)."""
 from __future__ import annotations
 
-from torch import Tensor
 import torch
+from torch import Tensor
 
 from ..anchors import AnchorGrid
 from .geometry import Anchors
@@ -59,7 +59,7 @@ def check_inputs(anchors: Anchors, gt_boxes: Tensor, num_boxes: Tensor, im_info:
         checks.append((name, valid & ((boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])), boxes))
     if not bool(torch.stack([bad.any() for _, bad, _ in checks]).any()):
         return
-    for (name, bad, value), problem in zip(checks, ("is outside [0, K={}]".format(num_gt),
+    for (name, bad, value), problem in zip(checks, (f"is outside [0, K={num_gt}]",
                                                     "must have a finite, positive height and width",
                                                     "has a non-finite coordinate", "has x2 < x1 or y2 < y1",
                                                     "has a non-finite coordinate", "has x2 < x1 or y2 < y1")):

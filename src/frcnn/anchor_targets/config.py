@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 # Each system's RPN target semantics (docs/anchor_targets.md, Presets); every other field keeps
 # its default.
@@ -80,7 +80,7 @@ class AnchorTargetConfig:
                              f"got {self.working_set_bytes!r}")
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "AnchorTargetConfig":
+    def preset(cls, name: str, **overrides) -> AnchorTargetConfig:
         """The RPN target semantics of a known system (docs/anchor_targets.md, Presets), with overrides."""
         if name not in _PRESETS:
             raise ValueError(f"unknown AnchorTargetConfig preset {name!r}; known: {', '.join(_PRESETS)}")

@@ -4,7 +4,8 @@ overlaps with boxes, and the chunk plan that keeps the intermediates within the 
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Iterable, Iterator, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -18,7 +19,6 @@ from .. import native
 from .config import AnchorTargetConfig
 from .geometry import AxisOverlaps, Level, axis_bytes, axis_overlaps, iou, plan_chunks, sub_level
 from .outputs import Match
-
 
 _scratch_buffers = threading.local()
 

@@ -1,7 +1,7 @@
 """The classic Caffe-layout anchor target layer (docs/anchor_targets.md, Legacy layout)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

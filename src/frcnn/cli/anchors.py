@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from ..anchor_targets import assign_anchor_targets
 from ..analysis import anchor_report, format_report, save_report
 from ..analysis.anchor_search import SAMPLE_IMAGES
+from ..anchor_targets import assign_anchor_targets
 from ..anchors import concat_anchors
 from ..config import BACKBONES, default_config
 from ..data import SPEC_HELP, collate
@@ -54,7 +54,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="--suggest: anchors per feature cell (default: as many as now)")
     parser.add_argument("--sample-images", type=int, default=SAMPLE_IMAGES, metavar="N",
                         help="--suggest: images the search scores candidates on (default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="--fit: print the report as one JSON object (default: a table)")
+    parser.add_argument(
+        "--json", action="store_true", help="--fit: print the report as one JSON object (default: a table)"
+    )
     parser.add_argument("--out", metavar="PATH",
                         help=f"the picture to write (default: {DEFAULT_OUT}); with --fit the folder for "
                              f"anchors_fit.json, anchors_fit.png and anchors.yaml (default: {DEFAULT_FIT_OUT})")

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .. import engine
 from ..viz import draw_detections, load_image, save_png
@@ -32,7 +33,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                              "equally sized images of a batch as one call")
     parser.add_argument("--score-threshold", type=float, default=0.5, metavar="T",
                         help="keep detections scoring at least T (default: %(default)s)")
-    parser.add_argument("--save-images", action="store_true", help="also write the pictures with the detections (default: off)")
+    parser.add_argument(
+        "--save-images", action="store_true", help="also write the pictures with the detections (default: off)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)")
     device_option(parser)
     parser.set_defaults(handler=run)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import engine
 from ..config import BACKBONES, default_config
@@ -13,8 +14,16 @@ from ..data import SPEC_HELP, DetectionDataset, collate
 from ..data.report import data_report, summary
 from ..engine import RunConfig
 from ..pretrained import init_weights, read_checkpoint
-from .common import (CONFIG_NAME, HelpFormatter, config_options, device_option, format_metrics, layered_config,
-                     new_model, say)
+from .common import (
+    CONFIG_NAME,
+    HelpFormatter,
+    config_options,
+    device_option,
+    format_metrics,
+    layered_config,
+    new_model,
+    say,
+)
 
 DEFAULT_OUT = "runs/train"
 

@@ -121,8 +121,7 @@ void check_gts(const at::Tensor& binned, const at::Tensor& gt, const at::Tensor&
 // The intersection of the anchor at bucketed position p with box g, times part (0 or 1):
 // (row overlap * column overlap) * part, each overlap clamped at 0.
 template <typename scalar_t>
-inline scalar_t intersection(const Layout<scalar_t>& a, int64_t p, const scalar_t* g, scalar_t offset,
-                             scalar_t part) {
+inline scalar_t intersection(const Layout<scalar_t>& a, int64_t p, const scalar_t* g, scalar_t offset, scalar_t part) {
   scalar_t h = std::min(a.y2[p], g[3]) - std::max(a.y1[p], g[1]) + offset;
   scalar_t w = std::min(a.x2[p], g[2]) - std::max(a.x1[p], g[0]) + offset;
   h = h > 0 ? h : scalar_t(0);
@@ -303,9 +302,8 @@ std::vector<at::Tensor> rank_boxes(const at::Tensor& binned, const at::Tensor& p
           }
           const scalar_t* g = gts_at + (b * num_gt + k) * 4;
           const auto range = layout.candidates(column, g, offset);
-          sweep_gt(layout, first, range.first, range.second, g, off, gt_areas[b * num_gt + k],
-                   static_cast<int32_t>(k), parts.data(), ratios.data(), inters.data(), sums.data(), gts.data(),
-                   ious.data());
+          sweep_gt(layout, first, range.first, range.second, g, off, gt_areas[b * num_gt + k], static_cast<int32_t>(k),
+                   parts.data(), ratios.data(), inters.data(), sums.data(), gts.data(), ious.data());
           column_max[k] = largest(ious.data() + (range.first - first), range.second - range.first);
         }
         int32_t* best_out = best_at + b * n;
@@ -332,8 +330,8 @@ at::Tensor low_quality_boxes(const at::Tensor& binned, const at::Tensor& perm, c
   const int64_t batch = gt.size(0), num_gt = gt.size(1), n = binned.size(1);
   TORCH_CHECK(column_best.is_contiguous() && gt_best.is_contiguous() &&
                   column_best.sizes() == at::IntArrayRef({batch, kColumns, num_gt}) &&
-                  gt_best.sizes() == at::IntArrayRef({batch, num_gt}) && column_best.scalar_type() == gt.scalar_type() &&
-                  gt_best.scalar_type() == gt.scalar_type(),
+                  gt_best.sizes() == at::IntArrayRef({batch, num_gt}) &&
+                  column_best.scalar_type() == gt.scalar_type() && gt_best.scalar_type() == gt.scalar_type(),
               "expected column_best from rank_boxes and gt_best (B, K)");
   auto hit_gt = at::full({batch, n}, -1, gt.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(gt.scalar_type(), "low_quality_boxes", [&] {

@@ -43,8 +43,12 @@ struct StridedRows {
   int64_t shapes, image_stride, shape_stride, row_stride, column_stride;
 
   explicit StridedRows(const at::Tensor& view)
-      : data(view.data_ptr<value_t>()), shapes(view.size(1)), image_stride(view.stride(0)),
-        shape_stride(view.stride(1)), row_stride(view.stride(2)), column_stride(view.stride(3)) {}
+      : data(view.data_ptr<value_t>()),
+        shapes(view.size(1)),
+        image_stride(view.stride(0)),
+        shape_stride(view.stride(1)),
+        row_stride(view.stride(2)),
+        column_stride(view.stride(3)) {}
 
   value_t* row(int64_t pair, int64_t y) const {
     return data + (pair / shapes) * image_stride + (pair % shapes) * shape_stride + y * row_stride;
@@ -193,8 +197,8 @@ void low_quality_gt(const at::Tensor& heights, const at::Tensor& widths, const a
                     const c10::optional<at::Tensor>& target) {
   check_overlaps(heights, widths, max_height);
   TORCH_CHECK(max_width.sizes() == max_height.sizes() && eligible.sizes() == max_height.sizes() &&
-                  max_height.scalar_type() == heights.scalar_type() && max_width.scalar_type() == heights.scalar_type() &&
-                  eligible.scalar_type() == at::kBool,
+                  max_height.scalar_type() == heights.scalar_type() &&
+                  max_width.scalar_type() == heights.scalar_type() && eligible.scalar_type() == at::kBool,
               "max_height, max_width (R, K) in the overlaps' dtype and eligible (R, K) bool");
   const auto h = heights.contiguous();
   const auto w = widths.contiguous();
@@ -294,8 +298,8 @@ at::Tensor axis_inside(const at::Tensor& starts, const at::Tensor& ends, const a
 // heights (B, A, K, H), widths (B, A, K, W) and, with a border, inside_y (B, A, H) and
 // inside_x (B, A, W) (undefined without one).
 std::vector<at::Tensor> axis_overlaps(const at::Tensor& y, const at::Tensor& x, const at::Tensor& boxes,
-                                      const at::Tensor& valid, const at::Tensor& im_info,
-                                      c10::optional<double> border, double offset) {
+                                      const at::Tensor& valid, const at::Tensor& im_info, c10::optional<double> border,
+                                      double offset) {
   TORCH_CHECK(y.device().is_cpu() && x.device().is_cpu() && boxes.device().is_cpu() && valid.device().is_cpu() &&
                   im_info.device().is_cpu(),
               "CPU tensors only");
@@ -322,12 +326,12 @@ std::vector<at::Tensor> axis_overlaps(const at::Tensor& y, const at::Tensor& x, 
     }
     const scalar_t step = static_cast<scalar_t>(offset);
     const scalar_t* box_data = box.data_ptr<scalar_t>();
-    axis_overlap<scalar_t>(y_starts.data_ptr<scalar_t>(), y_ends.data_ptr<scalar_t>(), box_data, 1,
-                           ok.data_ptr<bool>(), false, border.has_value() ? inside_y.data_ptr<bool>() : nullptr,
-                           batch * num_base, num_base, num_boxes, height, step, heights.data_ptr<scalar_t>());
-    axis_overlap<scalar_t>(x_starts.data_ptr<scalar_t>(), x_ends.data_ptr<scalar_t>(), box_data, 0,
-                           ok.data_ptr<bool>(), true, border.has_value() ? inside_x.data_ptr<bool>() : nullptr,
-                           batch * num_base, num_base, num_boxes, width, step, widths.data_ptr<scalar_t>());
+    axis_overlap<scalar_t>(y_starts.data_ptr<scalar_t>(), y_ends.data_ptr<scalar_t>(), box_data, 1, ok.data_ptr<bool>(),
+                           false, border.has_value() ? inside_y.data_ptr<bool>() : nullptr, batch * num_base, num_base,
+                           num_boxes, height, step, heights.data_ptr<scalar_t>());
+    axis_overlap<scalar_t>(x_starts.data_ptr<scalar_t>(), x_ends.data_ptr<scalar_t>(), box_data, 0, ok.data_ptr<bool>(),
+                           true, border.has_value() ? inside_x.data_ptr<bool>() : nullptr, batch * num_base, num_base,
+                           num_boxes, width, step, widths.data_ptr<scalar_t>());
   });
   return {heights, widths, inside_y, inside_x};
 }
@@ -370,4 +374,3 @@ at::Tensor last_dim_max(const at::Tensor& values) {
   });
   return maxima;
 }
-

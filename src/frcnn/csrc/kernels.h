@@ -79,8 +79,8 @@ inline void keep_better(scalar_t ratio, scalar_t inter, scalar_t sum, int32_t gt
 
 // grid_matching.cpp: overlaps, ranking and low-quality matches over grid levels.
 std::vector<at::Tensor> axis_overlaps(const at::Tensor& y, const at::Tensor& x, const at::Tensor& boxes,
-                                      const at::Tensor& valid, const at::Tensor& im_info,
-                                      c10::optional<double> border, double offset);
+                                      const at::Tensor& valid, const at::Tensor& im_info, c10::optional<double> border,
+                                      double offset);
 at::Tensor last_dim_max(const at::Tensor& values);
 void rank_gts(const at::Tensor& heights, const at::Tensor& widths, const at::Tensor& area_sum, at::Tensor best_gt,
               at::Tensor max_iou);
@@ -109,9 +109,10 @@ std::vector<at::Tensor> sample_balanced(const at::Tensor& positive, const at::Te
 
 // targets.cpp: labels, sampling, weights and regression targets from the match.
 std::vector<at::Tensor> finish_targets(const at::Tensor& max_iou, const at::Tensor& target_gt,
-                                       const at::Tensor& low_quality, const at::Tensor& inside, const at::Tensor& has_gt,
-                                       const c10::optional<at::Tensor>& excluded, const c10::optional<at::Tensor>& keys,
-                                       const at::Tensor& gt_codes, const at::Tensor& anchor_codes,
-                                       const at::Tensor& anchor_scales, double negative_overlap, double positive_overlap,
-                                       bool clobber_positives, int64_t num_fg, int64_t batch_size,
-                                       double positive_weight, std::vector<double> bbox_weights);
+                                       const at::Tensor& low_quality, const at::Tensor& inside,
+                                       const at::Tensor& has_gt, const c10::optional<at::Tensor>& excluded,
+                                       const c10::optional<at::Tensor>& keys, const at::Tensor& gt_codes,
+                                       const at::Tensor& anchor_codes, const at::Tensor& anchor_scales,
+                                       double negative_overlap, double positive_overlap, bool clobber_positives,
+                                       int64_t num_fg, int64_t batch_size, double positive_weight,
+                                       std::vector<double> bbox_weights);

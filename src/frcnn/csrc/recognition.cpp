@@ -75,8 +75,8 @@ std::vector<int64_t> level_shape(const at::Tensor& boxes) {
 // of base (A, 4), both by (x2 - x1 + offset) * (y2 - y1 + offset) in their dtype.
 bool same_areas(const at::Tensor& anchors, const at::Tensor& base, double offset) {
   TORCH_CHECK(anchors.device().is_cpu() && base.device().is_cpu() && anchors.dim() == 2 && anchors.size(1) == 4 &&
-                  base.dim() == 2 && base.size(1) == 4 && base.size(0) > 0 &&
-                  anchors.size(0) % base.size(0) == 0 && anchors.scalar_type() == base.scalar_type(),
+                  base.dim() == 2 && base.size(1) == 4 && base.size(0) > 0 && anchors.size(0) % base.size(0) == 0 &&
+                  anchors.scalar_type() == base.scalar_type(),
               "expected anchors (M, 4) and base shapes (A, 4) of one dtype, A dividing M");
   const auto a = anchors.contiguous();
   const auto s = base.contiguous();

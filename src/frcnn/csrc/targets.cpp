@@ -139,7 +139,8 @@ void finish_row(const Inputs<scalar_t>& in, const Rules& rules, int64_t b, const
   // non-negative weights), one output type per loop and through int32, so that each vectorises
   // with the baseline instruction set (which has no int64 multiply or int64-to-float conversion).
   for (int64_t n = 0; n < size; ++n) {
-    labels[n] = static_cast<int64_t>(2 * static_cast<int32_t>(is_positive[n]) + static_cast<int32_t>(is_negative[n]) - 1);
+    labels[n] =
+        static_cast<int64_t>(2 * static_cast<int32_t>(is_positive[n]) + static_cast<int32_t>(is_negative[n]) - 1);
   }
   for (int64_t n = 0; n < size; ++n) {
     matched_gt[n] = static_cast<int64_t>(((target_gt[n] + 1) & -static_cast<int32_t>(is_positive[n])) - 1);
@@ -167,8 +168,9 @@ void finish_row(const Inputs<scalar_t>& in, const Rules& rules, int64_t b, const
     targets[i] = (targets[i] - codes[i]) / scales[i];
   }
   if (rules.weighted) {
-    const scalar_t weights[4] = {static_cast<scalar_t>(rules.bbox_weights[0]), static_cast<scalar_t>(rules.bbox_weights[1]),
-                                 static_cast<scalar_t>(rules.bbox_weights[2]), static_cast<scalar_t>(rules.bbox_weights[3])};
+    const scalar_t weights[4] = {
+        static_cast<scalar_t>(rules.bbox_weights[0]), static_cast<scalar_t>(rules.bbox_weights[1]),
+        static_cast<scalar_t>(rules.bbox_weights[2]), static_cast<scalar_t>(rules.bbox_weights[3])};
     for (int64_t n = 0; n < size; ++n) {
       for (int64_t c = 0; c < 4; ++c) {
         targets[n * 4 + c] = targets[n * 4 + c] * weights[c];
@@ -180,12 +182,13 @@ void finish_row(const Inputs<scalar_t>& in, const Rules& rules, int64_t b, const
 }  // namespace
 
 std::vector<at::Tensor> finish_targets(const at::Tensor& max_iou, const at::Tensor& target_gt,
-                                       const at::Tensor& low_quality, const at::Tensor& inside, const at::Tensor& has_gt,
-                                       const c10::optional<at::Tensor>& excluded, const c10::optional<at::Tensor>& keys,
-                                       const at::Tensor& gt_codes, const at::Tensor& anchor_codes,
-                                       const at::Tensor& anchor_scales, double negative_overlap, double positive_overlap,
-                                       bool clobber_positives, int64_t num_fg, int64_t batch_size,
-                                       double positive_weight, std::vector<double> bbox_weights) {
+                                       const at::Tensor& low_quality, const at::Tensor& inside,
+                                       const at::Tensor& has_gt, const c10::optional<at::Tensor>& excluded,
+                                       const c10::optional<at::Tensor>& keys, const at::Tensor& gt_codes,
+                                       const at::Tensor& anchor_codes, const at::Tensor& anchor_scales,
+                                       double negative_overlap, double positive_overlap, bool clobber_positives,
+                                       int64_t num_fg, int64_t batch_size, double positive_weight,
+                                       std::vector<double> bbox_weights) {
   const int64_t batch = max_iou.size(0), size = max_iou.size(1);
   auto is_mask = [&](const at::Tensor& t) {
     return t.device().is_cpu() && t.scalar_type() == at::kBool && t.sizes() == max_iou.sizes();
@@ -221,18 +224,30 @@ std::vector<at::Tensor> finish_targets(const at::Tensor& max_iou, const at::Tens
   auto targets = at::empty({batch, size, 4}, iou.options());
   auto inside_weights = at::empty({batch, size}, iou.options());
   auto outside_weights = at::empty({batch, size}, iou.options());
-  Rules rules{negative_overlap, positive_overlap, positive_weight, clobber_positives, num_fg, batch_size,
-              {bbox_weights[0], bbox_weights[1], bbox_weights[2], bbox_weights[3]}, false};
+  Rules rules{negative_overlap,
+              positive_overlap,
+              positive_weight,
+              clobber_positives,
+              num_fg,
+              batch_size,
+              {bbox_weights[0], bbox_weights[1], bbox_weights[2], bbox_weights[3]},
+              false};
   rules.weighted = !(bbox_weights[0] == 1 && bbox_weights[1] == 1 && bbox_weights[2] == 1 && bbox_weights[3] == 1);
-  Outputs out{labels.data_ptr<int64_t>(), matched_gt.data_ptr<int64_t>(), targets.data_ptr(),
-              inside_weights.data_ptr(), outside_weights.data_ptr()};
+  Outputs out{labels.data_ptr<int64_t>(), matched_gt.data_ptr<int64_t>(), targets.data_ptr(), inside_weights.data_ptr(),
+              outside_weights.data_ptr()};
   AT_DISPATCH_FLOATING_TYPES(iou.scalar_type(), "finish_targets", [&] {
-    Inputs<scalar_t> in{iou.data_ptr<scalar_t>(), gt_index.data_ptr<int32_t>(), low.data_ptr<bool>(),
-                        in_image.data_ptr<bool>(), with_gt.data_ptr<bool>(),
+    Inputs<scalar_t> in{iou.data_ptr<scalar_t>(),
+                        gt_index.data_ptr<int32_t>(),
+                        low.data_ptr<bool>(),
+                        in_image.data_ptr<bool>(),
+                        with_gt.data_ptr<bool>(),
                         excluded_mask.defined() ? excluded_mask.data_ptr<bool>() : nullptr,
                         sample_keys.defined() ? sample_keys.data_ptr<int32_t>() : nullptr,
-                        gt_code.data_ptr<scalar_t>(), codes.data_ptr<scalar_t>(), scales.data_ptr<scalar_t>(),
-                        size, gt_code.size(1)};
+                        gt_code.data_ptr<scalar_t>(),
+                        codes.data_ptr<scalar_t>(),
+                        scales.data_ptr<scalar_t>(),
+                        size,
+                        gt_code.size(1)};
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       std::vector<uint8_t> masks(4 * size);
       frcnn::SampleBuffers buffers;

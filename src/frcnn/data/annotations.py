@@ -6,9 +6,9 @@ covering pixel columns 0..9 has x1 = 0, x2 = 10.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class DatasetError(ValueError):
     taken back so that the error still reads as one line naming the file.
     """
 
-    def __init__(self, message: str = "", problem: "Problem | None" = None) -> None:
+    def __init__(self, message: str = "", problem: Problem | None = None) -> None:
         text = str(message)
         if text.startswith("Caught ") and "Original Traceback" in text:
             text = text.rstrip().splitlines()[-1].partition("DatasetError: ")[2] or text

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ class Batch(NamedTuple):
     image_ids: tuple[str | int, ...]
     orig_sizes: Tensor
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The batch with every tensor on ``device``."""
         return Batch(*(value.to(device, non_blocking=non_blocking) if isinstance(value, Tensor) else value
                        for value in self))

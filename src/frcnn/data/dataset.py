@@ -1,9 +1,10 @@
 """A detection dataset over ImageAnnotation records: decodes images and yields (image, target)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def with_transform(self, transform: Transform | None) -> "DetectionDataset":
+    def with_transform(self, transform: Transform | None) -> DetectionDataset:
         """The same images and annotations, transformed by ``transform``."""
         return replace(self, transform=transform)
 

@@ -162,7 +162,8 @@ def summary(report: DataReport) -> str:
                  f"of {len(report.class_names)} classes: {classes}."]
     original = report.box_sizes["original"]["sqrt_area"]
     if original:
-        sizes = f"Box size sqrt(w h): median {original['median']:.0f} px, 5-95% {original['p5']:.0f}-{original['p95']:.0f} px"
+        sizes = (f"Box size sqrt(w h): median {original['median']:.0f} px, "
+                 f"5-95% {original['p5']:.0f}-{original['p95']:.0f} px")
         resized = report.box_sizes.get("resized", {}).get("sqrt_area")
         if resized:
             sizes += (f"; after the resize to {report.resize[0]}-{report.resize[1]} px median {resized['median']:.0f}, "

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .annotations import (DatasetError, ImageAnnotation, Problem, ProblemLog, ReadOptions, check_boxes,
-                          dataset_error, plain_annotation)
+from .annotations import (
+    DatasetError,
+    ImageAnnotation,
+    Problem,
+    ProblemLog,
+    ReadOptions,
+    check_boxes,
+    dataset_error,
+    plain_annotation,
+)
 from .dataset import DetectionDataset, finished_dataset
 from .images import IMAGE_SUFFIXES, checked_image_size
 
@@ -131,7 +139,9 @@ def voc_year_dir(root: str | Path) -> Path:
     if len(years) == 1:
         return years[0]
     if not years:
-        what = "does not exist" if not root.exists() else "not a VOC folder: no Annotations/ in it or in a VOC*/ subfolder"
+        what = (
+            "does not exist" if not root.exists() else "not a VOC folder: no Annotations/ in it or in a VOC*/ subfolder"
+        )
         raise dataset_error(root, what)
     names = ", ".join(p.name for p in years)
     raise dataset_error(root, f"holds several VOC years ({names}); name one, e.g. voc:{years[0]}")

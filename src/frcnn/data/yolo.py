@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .annotations import (ImageAnnotation, Problem, ProblemLog, ReadOptions, dataset_error, names_of,
-                          plain_annotation)
+from .annotations import ImageAnnotation, Problem, ProblemLog, ReadOptions, dataset_error, names_of, plain_annotation
 from .dataset import DetectionDataset, finished_dataset
 from .images import IMAGE_SUFFIXES, checked_image_size
 
@@ -127,7 +126,9 @@ def _names(content: dict[str, Any], path: Path) -> tuple[str, ...]:
         return tuple(f"class_{i}" for i in range(count))
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
-            raise dataset_error(path, f"'names' keys must be the indices 0..{len(names) - 1}, got {sorted(names, key=str)}")
+            raise dataset_error(
+                path, f"'names' keys must be the indices 0..{len(names) - 1}, got {sorted(names, key=str)}"
+            )
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) for n in names):
         raise dataset_error(path, f"'names' must be a list of names or an {{index: name}} mapping, got {names!r}")

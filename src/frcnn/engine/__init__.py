@@ -1,18 +1,34 @@
 """Training and evaluation: the run configuration, the loops, callbacks, checkpoints and schedules."""
-from .callbacks import (BestCheckpoint, EarlyStopping, JsonLog, PeriodicCheckpoint, ProgressBar, TensorBoard,
-                        read_log, standard_callbacks)
+from .callbacks import (
+                        BestCheckpoint,
+                        EarlyStopping,
+                        JsonLog,
+                        PeriodicCheckpoint,
+                        ProgressBar,
+                        TensorBoard,
+                        read_log,
+                        standard_callbacks,
+)
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic, seed_everything
 from .distributed import DistContext, barrier, init_distributed, resolve_device, shutdown_distributed
 from .hooks import Callback
 from .inference import HEADLINE, Predictions, evaluate, json_safe, predict
 from .results import RESULTS_COLUMNS, VALIDATION_COLUMNS, read_results
-from .run_folder import (BEST_NAME, CHECKPOINT_NAME, FINAL_NAME, LOG_NAME, LOSS_PLOT_NAME, METRICS_NAME,
-                         RESULTS_NAME, ResultsTable, RunPictures)
+from .run_folder import (
+                        BEST_NAME,
+                        CHECKPOINT_NAME,
+                        FINAL_NAME,
+                        LOG_NAME,
+                        LOSS_PLOT_NAME,
+                        METRICS_NAME,
+                        RESULTS_NAME,
+                        ResultsTable,
+                        RunPictures,
+)
 from .sampler import IterationBatchSampler, SeededItems
 from .schedule import Budget, Progress, build_optimizer, lr_factor
 from .settings import DataConfig, RunConfig, TrainConfig
-from .trainer import (NonFiniteLossError, Trainer, TrainingError, TrainingInterrupted, TrainResult,
-                      detector_losses)
+from .trainer import NonFiniteLossError, Trainer, TrainingError, TrainingInterrupted, TrainResult, detector_losses
 from .validation import Evaluation, Evaluator, training_state_kept, validation_losses
 
 __all__ = [

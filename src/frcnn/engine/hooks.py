@@ -11,8 +11,9 @@ runs on every rank of a distributed run: file writers check ``trainer.context.is
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .trainer import Trainer

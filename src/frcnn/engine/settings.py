@@ -6,15 +6,22 @@ then ``KEY=VALUE`` assignments with dotted keys (``train.lr=0.01``, ``model.head
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
 from ..config import ModelConfig, from_plain, to_plain
-from ..data import (DetectionDataset, DetectionTransform, ReadOptions, SyntheticConfig, build_dataset,
-                    resolve_class_names)
+from ..data import (
+    DetectionDataset,
+    DetectionTransform,
+    ReadOptions,
+    SyntheticConfig,
+    build_dataset,
+    resolve_class_names,
+)
 from .results import VALIDATION_COLUMNS
 
 SCHEDULES = ("cosine", "step")
@@ -182,7 +189,7 @@ class RunConfig:
         return to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """The inverse of ``to_dict``. Keys left out take the defaults of ``RunConfig()``;
         unknown keys are refused."""
         return from_plain(cls, merge(cls().to_dict(), data), "config")
@@ -191,17 +198,17 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "RunConfig":
+    def from_yaml(cls, text: str) -> RunConfig:
         return cls.from_dict(_yaml_mapping(text, "<yaml>"))
 
-    def with_yaml_file(self, path: str | Path) -> "RunConfig":
+    def with_yaml_file(self, path: str | Path) -> RunConfig:
         """This configuration with the keys of a YAML file (any subset of the tree) laid over it."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         return from_plain(RunConfig, merge(self.to_dict(), _yaml_mapping(path.read_text(), str(path))), "config")
 
-    def with_assignments(self, assignments: Sequence[str]) -> "RunConfig":
+    def with_assignments(self, assignments: Sequence[str]) -> RunConfig:
         """This configuration with ``KEY=VALUE`` assignments applied, in order (values in YAML)."""
         values = {}
         for assignment in assignments:
@@ -211,7 +218,7 @@ class RunConfig:
             values[key.strip()] = parse_value(text)
         return self.with_values(values)
 
-    def with_values(self, values: Mapping[str, Any]) -> "RunConfig":
+    def with_values(self, values: Mapping[str, Any]) -> RunConfig:
         """This configuration with the dotted keys of ``values`` set, in order."""
         plain = self.to_dict()
         for key, value in values.items():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -131,8 +132,14 @@ class Evaluator(Callback):
         if len(self.dataset) < len(self.whole):
             started = time.perf_counter()
             predictions = self._predict(trainer, self.whole)
-            whole = Evaluation(trainer.progress.iteration, {}, prediction_metrics(trainer.model, self.whole, predictions),
-                               predictions, self.whole, time.perf_counter() - started)
+            whole = Evaluation(
+                trainer.progress.iteration,
+                {},
+                prediction_metrics(trainer.model, self.whole, predictions),
+                predictions,
+                self.whole,
+                time.perf_counter() - started,
+            )
         latest = trainer.last_evaluation
         if latest is None or latest.iteration != trainer.progress.iteration:
             count = len(self.dataset)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pycocotools.coco import COCO

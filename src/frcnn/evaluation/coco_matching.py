@@ -2,7 +2,8 @@
 precision/recall arrays, equal to pycocotools' (the summary is left to pycocotools)."""
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from pycocotools.cocoeval import Params

@@ -1,7 +1,7 @@
 """The confusion matrix of a detector: which class each object was detected as, if any."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

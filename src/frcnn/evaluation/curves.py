@@ -3,7 +3,8 @@ envelope whose area is the all-point VOC AP, the mean curve over classes, and F1
 score threshold with its best threshold."""
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 

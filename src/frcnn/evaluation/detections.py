@@ -7,8 +7,9 @@ or keyed by image id (a mapping; images left out have no detections): dicts with
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
