@@ -10,7 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from frcnn import AnchorTargetConfig, assign_anchor_targets, compute_anchor_targets, generate_anchors, grid_anchors
+from frcnn import (
+    AnchorTargetConfig,
+    assign_anchor_targets,
+    assign_anchor_targets_unchecked,
+    generate_anchors,
+    grid_anchors,
+)
 from frcnn.sampling import keep_random, random_keys, splitmix_keys
 
 GRID = grid_anchors(generate_anchors(16, (0.5, 1, 2), (1, 2, 4)), 12, 16, 16, dtype=torch.float64)
@@ -269,10 +275,10 @@ def test_compiles_without_graph_breaks(form):
     order = torch.randperm(grid.num_anchors, generator=torch.Generator().manual_seed(0))
     grid = {"grid": grid, "plain": grid.boxes, "shuffled": grid.boxes[order]}[form]
     torch._dynamo.reset()
-    compiled = torch.compile(compute_anchor_targets, fullgraph=True)
+    compiled = torch.compile(assign_anchor_targets_unchecked, fullgraph=True)
 
     exact = AnchorTargetConfig(batch_size=None, low_quality_reassign=True)
-    eager = compute_anchor_targets(grid, gt, num, im_info, exact)
+    eager = assign_anchor_targets_unchecked(grid, gt, num, im_info, exact)
     traced = compiled(grid, gt, num, im_info, exact)
     for name, e, c in zip(eager._fields, eager, traced):
         assert torch.equal(e, c), name

@@ -9,7 +9,7 @@ from typing import Any
 _HOMES = {
     "AnchorGrid": "anchors", "concat_anchors": "anchors", "generate_anchors": "anchors", "grid_anchors": "anchors",
     "AnchorTargetConfig": "anchor_targets", "AnchorTargetLayer": "anchor_targets", "AnchorTargets": "anchor_targets",
-    "assign_anchor_targets": "anchor_targets", "compute_anchor_targets": "anchor_targets",
+    "assign_anchor_targets": "anchor_targets", "assign_anchor_targets_unchecked": "anchor_targets",
     "ModelConfig": "config", "FasterRCNN": "model", "anchor_fit": "analysis",
 }
 

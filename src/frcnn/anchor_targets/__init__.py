@@ -9,11 +9,11 @@ columns, the chunk plan), ``grid_matching`` (the per-gt and per-anchor sweeps on
 ``targets`` (labels, sampling, weights, regression targets), ``outputs`` (what the stages hand
 over), ``checks`` (input checks), ``assign`` (the assignment), ``layer`` (the Caffe layout).
 """
-from .assign import assign_anchor_targets, compute_anchor_targets
+from .assign import assign_anchor_targets, assign_anchor_targets_unchecked
 from .config import AnchorTargetConfig
 from .geometry import Anchors
 from .layer import AnchorTargetLayer, to_legacy_layout
 from .outputs import AnchorTargets
 
 __all__ = ["AnchorTargetConfig", "AnchorTargetLayer", "AnchorTargets", "Anchors", "assign_anchor_targets",
-           "compute_anchor_targets", "to_legacy_layout"]
+           "assign_anchor_targets_unchecked", "to_legacy_layout"]

@@ -16,7 +16,7 @@ from .recognition import recognise_grids
 from .targets import finish_targets
 
 
-def compute_anchor_targets(
+def assign_anchor_targets_unchecked(
     anchors: Anchors,
     gt_boxes: Tensor,
     num_boxes: Tensor,
@@ -102,5 +102,5 @@ def assign_anchor_targets(
     sample_keys = None
     if config.batch_size is not None and generator is not None:
         sample_keys = random_keys((gt_boxes.shape[0], num_anchors(anchors)), gt_boxes.device, generator)
-    return compute_anchor_targets(anchors, gt_boxes, num_boxes, im_info, config, ignore_boxes,
+    return assign_anchor_targets_unchecked(anchors, gt_boxes, num_boxes, im_info, config, ignore_boxes,
                                   num_ignore, sample_keys)
