@@ -28,6 +28,8 @@ _ORIENTATION_STEPS = {
     1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
     5: (True, False, False), 6: (True, False, True), 7: (True, True, True), 8: (True, True, False),
 }
+# Formats whose PIL reader turns the pixels itself, reporting the turned size (Pillow's TIFF reader).
+_TURNED_BY_PIL = {"TIFF"}
 # The last bytes that must hold a JPEG's end-of-image marker or a PNG's IEND chunk.
 _TAIL_BYTES = 4096
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND", "MPO": b"\xff\xd9"}
@@ -48,11 +50,14 @@ class _Header(NamedTuple):
 
 
 def exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation (1..8) of an image PIL opened, 1 where it has none or an invalid one.
+    """The EXIF orientation (1..8) still to apply to an image PIL opened: 1 where it has none or
+    an invalid one, or where PIL's reader turns the pixels itself (TIFF).
 
-    Read from what opening parsed (JPEG, WebP and TIFF headers, PNG chunks before the pixel data),
+    Read from what opening parsed (JPEG and WebP headers, PNG chunks before the pixel data),
     without decoding: PIL's PNG reader would decode the whole image to look for an eXIf chunk after
     the pixels, which the size from the header could not see."""
+    if image.format in _TURNED_BY_PIL:
+        return 1
     value = Image.Image.getexif(image).get(EXIF_ORIENTATION, 1)
     return value if value in _ORIENTATION_STEPS else 1
 
@@ -139,10 +144,10 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     orientation = exif_orientation(image)
     if image.mode.startswith("I"):
         grey = np.clip(np.rint(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
-        return orient(np.repeat(grey[:, :, None], 3, axis=2), orientation)
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    return orient(np.array(image.convert("RGB")), orientation)
+        pixels = np.repeat(grey[:, :, None], 3, axis=2)
+    else:
+        pixels = np.array((image.convert("RGBA") if image.mode == "P" else image).convert("RGB"))
+    return orient(pixels, orientation)
 
 
 def image_annotation(path: str | Path, index: int) -> ImageAnnotation:
