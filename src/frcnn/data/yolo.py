@@ -212,7 +212,7 @@ def _image_paths(spec_file: Path, root: Path, entries: list[str], split: str) ->
             images.append(path)
         elif not path.exists():
             raise dataset_error(spec_file, f"split {split!r}: {entry!r} is {path}, which does not exist (entries are "
-                                           f"relative to {root}, the 'path' key or else the yaml's folder)")
+                                           f"relative to {root}: the 'path' key, else the yaml's folder)")
         else:
             raise dataset_error(spec_file, f"split {split!r}: {path} is not a folder, an image list (.txt) or an image")
     if not images:
