@@ -23,7 +23,7 @@ from .annotations import ImageAnnotation, Problem, ProblemLog, dataset_error, pl
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 EXIF_ORIENTATION = 0x0112
 # Orientation -> (swap the axes, then flip the rows, then flip the columns): the stored pixels
-# turned into the displayed image (EXIF 2.3, section 4.6.4, "Orientation").
+# turned into the displayed image, as the EXIF standard defines the Orientation tag.
 _ORIENTATION_STEPS = {
     1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
     5: (True, False, False), 6: (True, False, True), 7: (True, True, True), 8: (True, True, False),
