@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .textfiles import text_lines
+
 # Annotations may overhang the image by this many pixels (VOC has xmin = 0 in 1-based
 # coordinates); such boxes are kept as written and clipped by the transforms.
 BORDER_SLACK = 1.0
@@ -213,11 +215,11 @@ def check_boxes(boxes: np.ndarray, image_sizes: np.ndarray, log: ProblemLog,
 
 
 def names_of(path: str | Path) -> tuple[str, ...]:
-    """Class names from a text file, one a line (blank lines left out); DatasetError if it cannot
-    be read or is empty."""
+    """Class names from a text file, one a line (blank lines and surrounding whitespace left out,
+    text as editors write it: ``text_lines``); DatasetError if it cannot be read or is empty."""
     path = Path(path).expanduser()
     try:
-        names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        names = tuple(text_lines(path))
     except FileNotFoundError as error:
         raise dataset_error(path, "class names file is missing") from error
     except (OSError, UnicodeDecodeError) as error:

@@ -16,13 +16,13 @@ import numpy as np
 from .annotations import ImageAnnotation, Problem, ProblemLog, ReadOptions, check_boxes, dataset_error
 from .dataset import DetectionDataset, finished_dataset
 from .images import checked_image_size
+from .textfiles import read_text
 
 
 def read_json(path: Path) -> Any:
     """Parsed JSON; DatasetError naming the file (and line) if it is missing or malformed."""
     try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
+        return json.loads(read_text(path))
     except FileNotFoundError as error:
         raise dataset_error(path, "file is missing") from error
     except json.JSONDecodeError as error:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .annotations import (
 )
 from .dataset import DetectionDataset, finished_dataset
 from .images import IMAGE_SUFFIXES, checked_image_size
+from .textfiles import text_lines
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -33,6 +35,10 @@ VOC_CLASSES = (
     "tvmonitor",
 )
 _VOC_OFFSET = np.array([1.0, 1.0, 0.0, 0.0])
+# The last word of a line of VOC's classification lists ("ID FLAG"): present, absent, difficult.
+_LIST_FLAGS = ("1", "-1", "0")
+_LAYOUTS = ("a VOCdevkit folder holding one year (VOC2007/Annotations/, JPEGImages/, ImageSets/Main/) or a year "
+            "folder itself (Annotations/, JPEGImages/, ImageSets/Main/, as CVAT exports)")
 
 
 def voc_to_internal(boxes: np.ndarray) -> np.ndarray:
@@ -139,17 +145,41 @@ def voc_year_dir(root: str | Path) -> Path:
     if len(years) == 1:
         return years[0]
     if not years:
-        what = (
-            "does not exist" if not root.exists() else "not a VOC folder: no Annotations/ in it or in a VOC*/ subfolder"
-        )
+        what = "does not exist" if not root.exists() else f"not a VOC folder: no Annotations/; expected {_LAYOUTS}"
         raise dataset_error(root, what)
     names = ", ".join(p.name for p in years)
     raise dataset_error(root, f"holds several VOC years ({names}); name one, e.g. voc:{years[0]}")
 
 
-def split_ids(year_dir: Path, split: str) -> list[str]:
-    """Image ids listed in ImageSets/Main/<split>.txt; DatasetError if missing (naming the
-    splits there are) or empty."""
+def annotation_files(year_dir: Path) -> dict[str, Path]:
+    """Every XML under Annotations/, sub-folders included (CVAT keeps an image's folders), by its
+    path relative to Annotations/ without the suffix ("IMG 0001", "site_a/IMG 0001"), and also by
+    its bare stem where no other file has that stem."""
+    folder = year_dir / "Annotations"
+    paths = sorted(folder.rglob("*.xml"))
+    files = {path.relative_to(folder).with_suffix("").as_posix(): path for path in paths}
+    stems = Counter(path.stem for path in paths)
+    for path in paths:
+        if stems[path.stem] == 1:
+            files.setdefault(path.stem, path)
+    return files
+
+
+def split_line_id(line: str, annotation_ids: Container[str]) -> str:
+    """The image id of a (stripped) line of a split file.
+
+    A line is one id, spaces included (CVAT writes "IMG 0001"). VOC's classification lists write
+    "ID FLAG" lines, FLAG 1, -1 or 0: a line of two or more words whose last word is such a flag
+    is read so, unless the whole line is itself an id in ``annotation_ids``."""
+    words = line.rsplit(maxsplit=1)
+    if len(words) == 2 and words[1] in _LIST_FLAGS and line not in annotation_ids:
+        return words[0]
+    return line
+
+
+def split_ids(year_dir: Path, split: str, annotation_ids: Container[str] = ()) -> list[str]:
+    """Image ids listed in ImageSets/Main/<split>.txt (``split_line_id``; text as editors write
+    it, ``text_lines``); DatasetError if missing (naming the splits there are) or empty."""
     folder = year_dir / "ImageSets" / "Main"
     path = folder / f"{split}.txt"
     if not path.is_file():
@@ -157,7 +187,10 @@ def split_ids(year_dir: Path, split: str) -> list[str]:
         hint = (f"this folder has {', '.join(there)}; choose one with --split or --set data.train_split=NAME"
                 if there else "write it with the image ids (file stems) of the split, one a line")
         raise dataset_error(path, f"no split {split!r}: the split file is missing; {hint}")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    try:
+        ids = [split_line_id(line, annotation_ids) for line in text_lines(path)]
+    except (OSError, UnicodeDecodeError) as error:
+        raise dataset_error(path, f"cannot read the split file: {error}") from error
     if not ids:
         raise dataset_error(path, f"split {split!r} is empty")
     return ids
@@ -166,17 +199,17 @@ def split_ids(year_dir: Path, split: str) -> list[str]:
 def found_class_names(year_dir: Path) -> tuple[str, ...]:
     """Sorted class names used anywhere in Annotations/ (the same for every split); files that
     cannot be read are left out (the split that holds one reports it)."""
-    return _names_in(_parse_all(year_dir).values())
+    return _names_in(list(_parse_all(annotation_files(year_dir)).values()))
 
 
-def _parse_all(year_dir: Path) -> dict[str, VocFile | DatasetError]:
-    """Every Annotations/*.xml by stem, parsed, or the error that parsing raised."""
-    parsed: dict[str, VocFile | DatasetError] = {}
-    for path in sorted((year_dir / "Annotations").glob("*.xml")):
+def _parse_all(files: dict[str, Path]) -> dict[Path, VocFile | DatasetError]:
+    """Every file of ``annotation_files`` by path, parsed, or the error that parsing raised."""
+    parsed: dict[Path, VocFile | DatasetError] = {}
+    for path in sorted(set(files.values())):
         try:
-            parsed[path.stem] = parse_voc_xml(path)
+            parsed[path] = parse_voc_xml(path)
         except DatasetError as error:
-            parsed[path.stem] = error
+            parsed[path] = error
     return parsed
 
 
@@ -188,29 +221,37 @@ def load_voc(root: str | Path, split: str, options: ReadOptions = ReadOptions())
     """The VOC split ``split`` of ``root`` (a VOCdevkit folder or a year folder).
 
     Class names are ``options.class_names``, or (None) the sorted names found in Annotations/.
-    An image is JPEGImages/<id>.jpg, else the file the XML's <filename> names there, else
-    JPEGImages/<id> with another image suffix; its header size must match the XML's (taken from
-    the header where the XML has none). Difficult objects are kept and flagged. Bad files, boxes
-    and class names go to ``options``' policies (``ReadOptions``).
+    An id's annotation is Annotations/<id>.xml, sub-folders included (``annotation_files``). Its
+    image is JPEGImages/<id>.jpg, else the file the XML's <filename> names there (a path relative
+    to JPEGImages/), else JPEGImages/<id> with another image suffix; its displayed size must match
+    the XML's (taken from the header where the XML has none). Difficult objects are kept and
+    flagged. Bad files, boxes and class names go to ``options``' policies (``ReadOptions``).
     """
     year_dir = voc_year_dir(root)
-    ids = split_ids(year_dir, split)
-    parsed = _parse_all(year_dir) if options.class_names is None else {}
+    files = annotation_files(year_dir)
+    ids = split_ids(year_dir, split, files)
+    parsed = _parse_all(files) if options.class_names is None else {}
     names = options.class_names or _names_in(list(parsed.values()))
     if not names:
         raise dataset_error(year_dir / "Annotations", "holds no objects to take class names from; "
                                                       "set data.class_names")
     log = ProblemLog(options)
     labels = {name: label for label, name in enumerate(names, start=1)}
-    image_dir = year_dir / "JPEGImages"
-    listing = set(os.listdir(image_dir)) if image_dir.is_dir() else set()
+    listing = _image_listing(year_dir / "JPEGImages")
     annotations = []
     for image_id in ids:
-        annotation = _annotation(year_dir, image_id, parsed.get(image_id), labels, log, listing)
+        path = files.get(image_id, year_dir / "Annotations" / f"{image_id}.xml")
+        annotation = _annotation(year_dir, image_id, path, parsed.get(path), labels, log, listing)
         if annotation is not None:
             annotations.append(annotation)
     log.warn(f"voc:{year_dir} {split}")
     return finished_dataset(annotations, names, "voc", f"{year_dir} split {split!r}", log.problems)
+
+
+def _image_listing(image_dir: Path) -> set[str]:
+    """The files under ``image_dir``, sub-folders included, as relative POSIX paths."""
+    return {(Path(folder) / name).relative_to(image_dir).as_posix()
+            for folder, _, names in os.walk(image_dir) for name in names}
 
 
 def _image_file(image_dir: Path, image_id: str, filename: str | None, listing: set[str]) -> Path:
@@ -219,10 +260,10 @@ def _image_file(image_dir: Path, image_id: str, filename: str | None, listing: s
     return image_dir / found
 
 
-def _annotation(year_dir: Path, image_id: str, parsed: VocFile | DatasetError | None, labels: dict[str, int],
-                log: ProblemLog, listing: set[str]) -> ImageAnnotation | None:
-    """The image's annotation, or None if it was dropped (``log`` says why)."""
-    path = year_dir / "Annotations" / f"{image_id}.xml"
+def _annotation(year_dir: Path, image_id: str, path: Path, parsed: VocFile | DatasetError | None,
+                labels: dict[str, int], log: ProblemLog, listing: set[str]) -> ImageAnnotation | None:
+    """The annotation of ``image_id`` read from ``path`` (or ``parsed`` already), or None if it
+    was dropped (``log`` says why)."""
     try:
         parsed = parse_voc_xml(path) if parsed is None else parsed
         if isinstance(parsed, DatasetError):

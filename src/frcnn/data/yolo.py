@@ -4,6 +4,12 @@ A label file holds one ``class cx cy w h`` line per object, the centre and size 
 image's width and height; the box becomes the corners (cx - w / 2, cy - h / 2, cx + w / 2,
 cy + h / 2) times (width, height). An image without a label file, or with an empty one, has no
 objects. Image sizes come from the file headers.
+
+The layouts read: a data.yaml (ultralytics; Roboflow's "../train/images" entries resolve as
+ultralytics resolves them), a folder with images/<split>/ and labels/<split>/, and Label Studio's
+export, a folder with images/ and labels/ holding one unsplit set (read as split "train"); the
+folders name their classes in classes.txt. Text files may be as editors write them
+(``textfiles``); a data.yaml's tabs, which YAML refuses, are read as spaces.
 """
 from __future__ import annotations
 
@@ -18,12 +24,19 @@ import yaml
 from .annotations import ImageAnnotation, Problem, ProblemLog, ReadOptions, dataset_error, names_of, plain_annotation
 from .dataset import DetectionDataset, finished_dataset
 from .images import IMAGE_SUFFIXES, checked_image_size
+from .textfiles import read_text, text_lines
 
 # Normalised coordinates may leave [0, 1] by this much (rounding); they are clipped to it.
 YOLO_SLACK = 1e-3
 SPLITS = ("train", "val", "test")
 DATA_YAML = "data.yaml"
 CLASSES_TXT = "classes.txt"
+# The split an unsplit folder (Label Studio's export: images/ and labels/ without split folders) is read as.
+UNSPLIT = "train"
+LAYOUTS = (f"a {DATA_YAML} (ultralytics, Roboflow), or a folder with images/<split>/ and labels/<split>/ "
+           f"(or, as Label Studio exports, images/ and labels/ without split folders) and a {CLASSES_TXT}")
+# YAML refuses tabs outside quotes; a data.yaml that does not parse is read again with them as spaces.
+_TAB_WIDTH = 4
 
 
 def load_yolo(source: str | Path, split: str, options: ReadOptions = ReadOptions()) -> DetectionDataset:
@@ -31,8 +44,9 @@ def load_yolo(source: str | Path, split: str, options: ReadOptions = ReadOptions
 
     ``source`` is a data.yaml (``path``: the root, relative to the yaml's folder, default that
     folder; ``train`` / ``val`` / ``test``: each a folder of images, a .txt list of image paths, or a
-    list of those, relative to the root; ``names``: a list or an {index: name} mapping, or ``nc``
-    alone), or a folder with images/<split>/ and labels/<split>/ and a data.yaml or classes.txt
+    list of those, relative to the root (``entry_path``); ``names``: a list or an {index: name}
+    mapping, or ``nc`` alone), or a folder with a data.yaml, or a folder with images/<split>/ and
+    labels/<split>/ (or images/ and labels/ alone: one set, split "train") and a classes.txt
     beside them. ``options.class_names`` picks classes by name; bad lines, files and images go
     to ``options``' policies (``ReadOptions``), named by file and line.
     """
@@ -68,9 +82,25 @@ def label_path(image: Path) -> Path:
 
 def _folder_layout(root: Path, split: str, options: ReadOptions
                    ) -> tuple[Path, Path, list[str], tuple[str, ...]]:
-    """yolo:ROOT without a data.yaml: images/<split>, names from classes.txt or data.class_names."""
-    if split not in SPLITS:
-        raise dataset_error(root, f"no split {split!r}: a YOLO folder has {', '.join(SPLITS)}")
+    """yolo:ROOT without a data.yaml: images/<split> (or images/ itself, unsplit), names from
+    classes.txt or data.class_names."""
+    images = root / "images"
+    if not images.is_dir():
+        raise dataset_error(root, f"not a YOLO folder: no {DATA_YAML} and no images/; expected {LAYOUTS}")
+    split_folders = [name for name in SPLITS if (images / name).is_dir()]
+    if split_folders:
+        if split not in split_folders:
+            raise dataset_error(root, f"no split {split!r}: this YOLO folder has "
+                                      + ", ".join(f"images/{name}/" for name in split_folders))
+        entry = f"images/{split}"
+    elif any(path.suffix.lower() in IMAGE_SUFFIXES for path in images.iterdir()):
+        if split != UNSPLIT:
+            raise dataset_error(root, f"no split {split!r}: images/ holds one unsplit set (as Label Studio exports), "
+                                      f"read as split {UNSPLIT!r}; evaluate on another dataset (data.val) or move "
+                                      "the images into images/train/ and images/val/ (labels likewise)")
+        entry = "images"
+    else:
+        raise dataset_error(images, f"holds neither split folders ({', '.join(SPLITS)}) nor images; expected {LAYOUTS}")
     classes = root / CLASSES_TXT
     if classes.is_file():
         names = names_of(classes)
@@ -79,7 +109,7 @@ def _folder_layout(root: Path, split: str, options: ReadOptions
     else:
         raise dataset_error(root, f"has neither {DATA_YAML} nor {CLASSES_TXT} to name the classes; "
                                   "write one, or set data.class_names")
-    return root / "images" / split, root, [f"images/{split}"], names
+    return root / entry, root, [entry], names
 
 
 def _data_yaml(path: Path, split: str) -> tuple[Path, list[str], tuple[str, ...]]:
@@ -100,7 +130,7 @@ def _data_yaml(path: Path, split: str) -> tuple[Path, list[str], tuple[str, ...]
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = _parse_yaml(read_text(path))
     except FileNotFoundError as error:
         raise dataset_error(path, "file is missing") from error
     except yaml.YAMLError as error:
@@ -113,6 +143,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise dataset_error(path, "is not a YOLO data.yaml (a mapping with path, train, val, names)")
     return content
+
+
+def _parse_yaml(text: str) -> Any:
+    """YAML text parsed; where it does not parse and holds tabs (which YAML allows only inside
+    quotes, and editors write for indentation or after a colon), parsed again with each tab as
+    spaces to the next multiple of _TAB_WIDTH columns; the first error if that fails too."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        if "\t" in text:
+            try:
+                return yaml.safe_load(text.expandtabs(_TAB_WIDTH))
+            except yaml.YAMLError:
+                pass
+        raise
 
 
 def _names(content: dict[str, Any], path: Path) -> tuple[str, ...]:
@@ -140,26 +185,47 @@ def _names(content: dict[str, Any], path: Path) -> tuple[str, ...]:
     return names
 
 
+def entry_path(entry: str, root: Path) -> Path:
+    """A split entry of a data.yaml as ultralytics resolves it: relative to ``root`` (unless
+    absolute); where that does not exist and the entry starts with "../", relative to ``root``
+    without that "../" (Roboflow writes "../train/images" in the data.yaml beside train/)."""
+    path = Path(entry).expanduser()
+    if path.is_absolute():
+        return path
+    if not (root / path).exists() and entry.startswith("../"):
+        return root / entry[3:]
+    return root / path
+
+
 def _image_paths(spec_file: Path, root: Path, entries: list[str], split: str) -> list[Path]:
-    """The images of a split's entries, in order: a folder's images (recursively, sorted), a
-    .txt file's lines (relative to its folder), or an image file."""
+    """The images of a split's entries (``entry_path``), in order: a folder's images (recursively,
+    sorted), a .txt file's lines (relative to its folder), or an image file."""
     images: list[Path] = []
     for entry in entries:
-        path = Path(entry).expanduser()
-        path = path if path.is_absolute() else root / path
+        path = entry_path(entry, root)
         if path.is_dir():
             images += sorted(Path(folder) / name for folder, _, files in os.walk(path) for name in files
                              if Path(name).suffix.lower() in IMAGE_SUFFIXES)
         elif path.suffix == ".txt" and path.is_file():
-            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            images += [p if p.is_absolute() else path.parent / p for p in map(Path, lines)]
+            images += [p if p.is_absolute() else path.parent / p for p in map(Path, _list_lines(path))]
         elif path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
             images.append(path)
+        elif not path.exists():
+            raise dataset_error(spec_file, f"split {split!r}: {entry!r} is {path}, which does not exist (entries are "
+                                           f"relative to {root}: the 'path' key, else the yaml's folder)")
         else:
             raise dataset_error(spec_file, f"split {split!r}: {path} is not a folder, an image list (.txt) or an image")
     if not images:
         raise dataset_error(spec_file, f"split {split!r} has no images (in {', '.join(entries)})")
     return [Path(os.path.normpath(p)) for p in images]
+
+
+def _list_lines(path: Path) -> list[str]:
+    """The lines of an image list; DatasetError naming it if it cannot be read."""
+    try:
+        return text_lines(path)
+    except (OSError, UnicodeDecodeError) as error:
+        raise dataset_error(path, f"cannot read the image list: {error}") from error
 
 
 def _image_ids(images: list[Path], root: Path) -> list[str]:
@@ -179,7 +245,7 @@ def _annotation(image: Path, image_id: str, names: tuple[str, ...], label_of: di
     width, height = size
     path = label_path(image)
     try:
-        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        text = read_text(path) if path.is_file() else ""
     except (OSError, UnicodeDecodeError) as error:
         log.bad(Problem(str(path), f"cannot read the label file: {error}"), dropped="image")
         return None
