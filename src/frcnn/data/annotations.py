@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import BAD_DATA_POLICIES as POLICIES
+
 # Annotations may overhang the image by this many pixels (VOC has xmin = 0 in 1-based
 # coordinates); such boxes are kept as written and clipped by the transforms.
 BORDER_SLACK = 1.0
-POLICIES = ("error", "skip")
 
 
 class DatasetError(ValueError):
