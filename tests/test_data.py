@@ -28,6 +28,7 @@ from frcnn.data import (
 )
 from frcnn.data.synthetic import _draw_objects, _noise_tile, fingerprint, render_image
 from frcnn.data.voc import internal_to_voc, voc_to_internal
+from frcnn.preprocess import preprocess_images
 
 # ---------------------------------------------------------------- fixtures
 
@@ -365,6 +366,18 @@ def test_transform_clips_overhanging_boxes():
     image, target = _item(20, 20, [[-1, 0, 21, 20]])
     _, result = DetectionTransform(PreprocessConfig(min_size=20))(image, target)
     np.testing.assert_allclose(result["boxes"], [[0, 0, 20, 20]])
+
+
+@pytest.mark.parametrize("preprocess", [PreprocessConfig(min_size=50, max_size=70),
+                                        PreprocessConfig(min_size=41, max_size=90, resize_rounding="floor",
+                                                         interpolation="bicubic", antialias=False)])
+def test_the_transform_gives_the_models_own_input(preprocess):
+    image, target = _item(30, 43, [[4, 6, 20, 30]])
+    out, result = DetectionTransform(preprocess)(image, target)
+    batch = preprocess_images([image.float() / 255], preprocess)
+    height, width = (int(v) for v in batch.im_info[0, :2])
+    assert out.shape == (3, height, width) and result["scale"] == pytest.approx(batch.im_info[0, 2].item())
+    torch.testing.assert_close(out, batch.images[0, :, :height, :width], rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------- batching
