@@ -284,10 +284,6 @@ class InferenceConfig:
         check_number(self, "min_size", 0.0)
 
 
-_SMALL_ANCHORS = AnchorConfig(scales=(2.0, 4.0, 8.0, 16.0))
-_SMALL_PROPOSALS = ProposalConfig(ProposalLimits(1000, 300), ProposalLimits(1000, 300), min_size=4.0)
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines a Faster R-CNN except the number of classes.
@@ -298,9 +294,9 @@ class ModelConfig:
 
     preprocess: PreprocessConfig = PreprocessConfig()
     backbone: BackboneConfig = BackboneConfig()
-    anchors: AnchorConfig = _SMALL_ANCHORS
+    anchors: AnchorConfig = AnchorConfig(scales=(2.0, 4.0, 8.0, 16.0))
     rpn: RPNConfig = RPNConfig()
-    proposals: ProposalConfig = _SMALL_PROPOSALS
+    proposals: ProposalConfig = ProposalConfig(ProposalLimits(1000, 300), ProposalLimits(1000, 300), min_size=4.0)
     roi_sampling: RoISamplingConfig = RoISamplingConfig(batch_size_per_image=64)
     head: HeadConfig = HeadConfig(fc_dim=256)
     test: InferenceConfig = InferenceConfig()
