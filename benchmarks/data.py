@@ -4,8 +4,8 @@
 
 Loader: images/s through ``build_loader`` (JPEG decode, resize, random flip, normalise, batch
 of 2, aspect-ratio grouping) over the default synthetic dataset (generated afresh in a temporary
-folder, timed), at the transform's default size (shorter side 600, longer at most 1000) and at the
-images' own scale (shorter side 256). Evaluation: VOC AP, COCO AP with either engine (equal
+folder, timed), at the classic size (shorter side 600, longer at most 1000) and at the images' own
+scale (shorter side 256). Evaluation: VOC AP, COCO AP with either engine (equal
 numbers), faster-coco-eval's C++ ``COCOeval_faster`` on the same ground truth and results rows
 (the comparison that kept the fast engine), ``evaluate_detections`` (VOC 2007 + all-point AP and
 fast COCO AP) and ``proposal_recall``, on synthetic-like ground truth with 100 detections and 1000
@@ -22,11 +22,11 @@ import numpy as np
 from faster_coco_eval import COCO as FasterCOCO
 from faster_coco_eval import COCOeval_faster
 
+from frcnn.config import PreprocessConfig, SyntheticConfig
 from frcnn.data import (
     SHAPE_NAMES,
     DetectionTransform,
     ImageAnnotation,
-    SyntheticConfig,
     build_dataset,
     build_loader,
     ensure_synthetic,
@@ -118,7 +118,7 @@ def main() -> None:
         rows.append((f"synthetic generation ({config.num_train} + {config.num_val} images)", f"{generation:.1f} s"))
         dataset = build_dataset(f"synthetic:{folder}/synthetic", "train")
         for min_size, max_size in ((600, 1000), (256, 400)):
-            transform = DetectionTransform(min_size=min_size, max_size=max_size, flip_prob=0.5)
+            transform = DetectionTransform(PreprocessConfig(min_size=min_size, max_size=max_size), flip_prob=0.5)
             rate = loader_rate(dataset, transform, args.workers, args.images)
             rows.append((f"loader, {args.workers} workers, shorter side {min_size}, longer <= {max_size}",
                          f"{rate:.0f} images/s"))

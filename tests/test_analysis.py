@@ -20,7 +20,7 @@ from frcnn.analysis.ground_truth import GroundTruth
 from frcnn.anchor_targets import assign_anchor_targets
 from frcnn.boxes import box_iou
 from frcnn.config import AnchorConfig, ModelConfig, default_config
-from frcnn.data import DetectionDataset, ImageAnnotation, collate
+from frcnn.data import DetectionDataset, DetectionTransform, ImageAnnotation, collate
 from frcnn.model import FasterRCNN
 
 
@@ -188,12 +188,12 @@ def test_resized_boxes_are_the_transforms(tmp_path: Path, keep_difficult: bool) 
     dataset = write_dataset(tmp_path)
     preprocess = replace(SMALL.preprocess, min_size=77, max_size=131)
     gt = resized_ground_truth(dataset, preprocess, keep_difficult)
-    batch = collate([dataset.with_transform(preprocess.transform())[i] for i in range(len(dataset))], keep_difficult)
+    transformed = dataset.with_transform(DetectionTransform(preprocess))
+    batch = collate([transformed[i] for i in range(len(dataset))], keep_difficult)
     expected = torch.cat([batch.gt_boxes[b, :int(n), :4] for b, n in enumerate(batch.num_boxes)])
     assert torch.equal(gt.boxes, expected)
     assert gt.image.tolist() == [b for b, n in enumerate(batch.num_boxes.tolist()) for _ in range(n)]
-    sizes = [tuple(image.shape[-2:]) for image, _ in (dataset.with_transform(preprocess.transform())[i]
-                                                      for i in range(len(dataset)))]
+    sizes = [tuple(transformed[i][0].shape[-2:]) for i in range(len(dataset))]
     assert [tuple(s) for s in gt.image_sizes.tolist()] == sizes
 
 

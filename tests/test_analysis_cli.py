@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from frcnn.engine import RunConfig
+from frcnn.config import RunConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["data.synthetic.num_train=12", "data.synthetic.num_val=2", "data.synthetic.long_side=[64,96]",

@@ -228,7 +228,7 @@ def test_bad_value_messages_name_image_and_value():
     ("positive_overlap", 1.5), ("negative_overlap", -0.1), ("fg_fraction", 2.0), ("batch_size", 0),
     ("batch_size", 2.5), ("positive_weight", 0.0), ("positive_weight", 1.0), ("bbox_inside_weights", (1, 1, 1)),
     ("bbox_weights", (1, 1, 1, 1, 1)), ("min_positive_overlap", 1.2), ("ignore_overlap", -1.0),
-    ("working_set_bytes", 0), ("bbox_weights", (0, 1, 1, 1)),
+    ("working_set_bytes", 0), ("bbox_weights", (0.0, 1.0, 1.0, 1.0)),
 ])
 def test_invalid_config_is_refused_naming_field_and_value(field, value):
     with pytest.raises(ValueError, match=rf"{field}.*{value!r}".replace("(", r"\(").replace(")", r"\)")):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from frcnn.config import PreprocessConfig, SyntheticConfig
 from frcnn.data import (
     SHAPE_NAMES,
     VOC_CLASSES,
@@ -18,17 +19,16 @@ from frcnn.data import (
     DatasetError,
     DetectionTransform,
     ReadOptions,
-    SyntheticConfig,
     build_dataset,
     build_loader,
     collate,
     ensure_synthetic,
     load_coco,
     load_voc,
-    resize_scale,
 )
-from frcnn.data.synthetic import _draw_objects, _noise_tile, render_image
+from frcnn.data.synthetic import _draw_objects, _noise_tile, fingerprint, render_image
 from frcnn.data.voc import internal_to_voc, voc_to_internal
+from frcnn.preprocess import preprocess_images
 
 # ---------------------------------------------------------------- fixtures
 
@@ -216,8 +216,8 @@ def test_synthetic_generation_is_deterministic_and_cached(tmp_path):
 def test_synthetic_default_folder_is_named_by_the_parameters(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     root = ensure_synthetic(TINY)
-    assert root == tmp_path / "frcnn" / f"synthetic-{TINY.fingerprint()}"
-    assert TINY.fingerprint() != replace(TINY, seed=1).fingerprint()
+    assert root == tmp_path / "frcnn" / f"synthetic-{fingerprint(TINY)}"
+    assert fingerprint(TINY) != fingerprint(replace(TINY, seed=1))
 
 
 def test_synthetic_is_regenerated_when_parameters_change(tmp_path):
@@ -229,8 +229,10 @@ def test_synthetic_is_regenerated_when_parameters_change(tmp_path):
 
 
 def test_synthetic_config_is_checked():
-    with pytest.raises(ValueError, match="long_side.*; min_side_ratio"):
-        SyntheticConfig(long_side=(400, 300), min_side_ratio=0.0)
+    with pytest.raises(ValueError, match=r"SyntheticConfig.long_side must be \(low, high\) with low <= high"):
+        SyntheticConfig(long_side=(400, 300))
+    with pytest.raises(ValueError, match=r"SyntheticConfig.min_side_ratio must be a number in \(0, 1\]"):
+        SyntheticConfig(min_side_ratio=0.0)
 
 
 def test_synthetic_refuses_a_folder_that_is_not_its_own(tmp_path):
@@ -317,26 +319,31 @@ def _item(height: int, width: int, boxes, labels=None, difficult=None, ignore=()
 
 @pytest.mark.parametrize(("height", "width", "expected"), [(300, 400, 2.0), (400, 300, 2.0),
                                                           (100, 400, 2.5), (600, 600, 1.0)])
-def test_resize_scale_sets_the_shorter_side_and_caps_the_longer(height, width, expected):
-    assert resize_scale(height, width, 600, 1000) == pytest.approx(expected)
+def test_the_resize_sets_the_shorter_side_and_caps_the_longer(height, width, expected):
+    image, target = _item(height, width, [[0, 0, 10, 10]])
+    out, result = DetectionTransform(PreprocessConfig(min_size=600, max_size=1000))(image, target)
+    assert result["scale"] == pytest.approx(expected)
+    assert out.shape[-2:] == (round(height * expected), round(width * expected))
 
 
 def test_transform_resizes_image_and_boxes_and_normalises():
     image, target = _item(30, 40, [[4, 6, 20, 30]], ignore=[[0, 0, 10, 10]])
-    out, result = DetectionTransform(min_size=60, max_size=100)(image, target)
+    out, result = DetectionTransform(PreprocessConfig(min_size=60, max_size=100))(image, target)
     assert out.shape == (3, 60, 80) and out.dtype == torch.float32
     assert result["scale"] == 2.0 and result["flipped"] is False
     np.testing.assert_allclose(result["boxes"], [[8, 12, 40, 60]])
     np.testing.assert_allclose(result["ignore_boxes"], [[0, 0, 20, 20]])
     constant = torch.full((3, 30, 40), 255, dtype=torch.uint8)
-    out, _ = DetectionTransform(min_size=30, max_size=100, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))(constant, target)
+    out, _ = DetectionTransform(
+        PreprocessConfig(min_size=30, max_size=100, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0)))(constant, target)
     np.testing.assert_allclose(out[:, 0, 0], [2.0, 1.0, 0.5], rtol=1e-6)
 
 
 def test_flip_mirrors_boxes_about_the_resized_width():
     image, target = _item(30, 40, [[4, 6, 20, 30], [0, 0, 40, 10]])
-    plain, kept = DetectionTransform(min_size=30, max_size=100)(image, target)
-    flipped, moved = DetectionTransform(min_size=30, max_size=100, flip_prob=1.0)(image, target)
+    preprocess = PreprocessConfig(min_size=30, max_size=100)
+    plain, kept = DetectionTransform(preprocess)(image, target)
+    flipped, moved = DetectionTransform(preprocess, flip_prob=1.0)(image, target)
     assert moved["flipped"] is True
     np.testing.assert_allclose(moved["boxes"], [[20, 6, 36, 30], [0, 0, 40, 10]])
     torch.testing.assert_close(flipped, plain.flip(-1))
@@ -347,7 +354,8 @@ def test_flips_follow_the_generator():
     image, target = _item(10, 10, [[1, 1, 5, 5]])
 
     def flips(seed):
-        transform = DetectionTransform(min_size=10, flip_prob=0.5, generator=torch.Generator().manual_seed(seed))
+        transform = DetectionTransform(PreprocessConfig(min_size=10), flip_prob=0.5,
+                                       generator=torch.Generator().manual_seed(seed))
         return [transform(image, target)[1]["flipped"] for _ in range(40)]
 
     assert flips(1) == flips(1)
@@ -356,8 +364,20 @@ def test_flips_follow_the_generator():
 
 def test_transform_clips_overhanging_boxes():
     image, target = _item(20, 20, [[-1, 0, 21, 20]])
-    _, result = DetectionTransform(min_size=20)(image, target)
+    _, result = DetectionTransform(PreprocessConfig(min_size=20))(image, target)
     np.testing.assert_allclose(result["boxes"], [[0, 0, 20, 20]])
+
+
+@pytest.mark.parametrize("preprocess", [PreprocessConfig(min_size=50, max_size=70),
+                                        PreprocessConfig(min_size=41, max_size=90, resize_rounding="floor",
+                                                         interpolation="bicubic", antialias=False)])
+def test_the_transform_gives_the_models_own_input(preprocess):
+    image, target = _item(30, 43, [[4, 6, 20, 30]])
+    out, result = DetectionTransform(preprocess)(image, target)
+    batch = preprocess_images([image.float() / 255], preprocess)
+    height, width = (int(v) for v in batch.im_info[0, :2])
+    assert out.shape == (3, height, width) and result["scale"] == pytest.approx(batch.im_info[0, 2].item())
+    torch.testing.assert_close(out, batch.images[0, :, :height, :width], rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------- batching
@@ -413,7 +433,7 @@ def test_aspect_ratio_batches_are_homogeneous_and_cover_every_index():
 
 def test_loader_yields_batches_of_the_dataset(voc_devkit):
     dataset = load_voc(voc_devkit, "train")
-    loader = build_loader(dataset, DetectionTransform(min_size=64, max_size=128), batch_size=2,
+    loader = build_loader(dataset, DetectionTransform(PreprocessConfig(min_size=64, max_size=128)), batch_size=2,
                           shuffle=False, num_workers=0)
     (batch,) = list(loader)
     assert batch.image_ids == ("000001", "000002")
@@ -426,7 +446,7 @@ def test_loader_with_workers_grouping_and_seed_is_repeatable(tmp_path):
     dataset = build_dataset(f"synthetic:{tmp_path / 'data'}", "train", synthetic=TINY)
 
     def epoch():
-        loader = build_loader(dataset, DetectionTransform(min_size=64, max_size=96, flip_prob=0.5),
+        loader = build_loader(dataset, DetectionTransform(PreprocessConfig(min_size=64, max_size=96), flip_prob=0.5),
                               batch_size=4, shuffle=True, num_workers=2, group_by_aspect_ratio=True, seed=3)
         return [(b.image_ids, b.gt_boxes) for b in loader]
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from frcnn.data import DatasetError, ReadOptions, build_dataset, image_annotation, load_voc
+from frcnn.config import DataConfig
+from frcnn.data import DatasetError, ReadOptions, build_dataset, image_annotation, load_voc, open_dataset
 from frcnn.data.images import read_rgb
 from frcnn.data.yolo import label_path
 from frcnn.evaluation import evaluate_detections
@@ -169,9 +170,8 @@ def test_class_names_fix_the_order_and_unknown_classes_are_an_error_or_skipped(l
 def test_class_names_may_come_from_a_text_file_and_yolo_folders_need_names(layouts, tmp_path):
     names_file = tmp_path / "names.txt"
     names_file.write_text("screw\nbolt\n\ncross\nnut\nwasher\n")
-    from frcnn.engine import DataConfig
     data = DataConfig(train=f"voc:{layouts['voc']}", class_names=str(names_file))
-    assert data.dataset("train").class_names == ("screw", "bolt", "cross", "nut", "washer")
+    assert open_dataset(data, "train").class_names == ("screw", "bolt", "cross", "nut", "washer")
     bare = write_yolo_layout(tmp_path / "bare")
     (bare / "data.yaml").unlink()
     with pytest.raises(DatasetError, match="neither data.yaml nor classes.txt"):

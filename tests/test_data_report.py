@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from frcnn.cli.main import main
-from frcnn.data import DetectionTransform, build_dataset, resize_scale
+from frcnn.config import PreprocessConfig
+from frcnn.data import DetectionTransform, build_dataset
 from frcnn.data.report import data_report, plot_labels, summary
 from frcnn.engine import load_checkpoint
 from test_data_formats import CLASSES, SMALL_SET, write_coco_layout, write_voc_layout, write_yolo_layout
@@ -27,7 +28,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_report_counts_and_sizes_match_a_plain_recount(folders, tmp_path):
-    transform = DetectionTransform(min_size=50, max_size=60)
+    transform = DetectionTransform(PreprocessConfig(min_size=50, max_size=60))
     dataset = build_dataset(folders["voc"], "train")
     report = data_report(dataset, folders["voc"], "train", transform)
     objects = [(name, box, w, h) for w, h, objs in SMALL_SET["train"].values() for name, box in objs]
@@ -37,7 +38,7 @@ def test_report_counts_and_sizes_match_a_plain_recount(folders, tmp_path):
     areas = sizes.prod(axis=1)
     assert report.coco_sizes == {"small": int((areas < 1024).sum()), "medium": int((areas >= 1024).sum()), "large": 0}
     assert report.box_sizes["original"]["sqrt_area"]["median"] == pytest.approx(np.median(np.sqrt(areas)), abs=1e-3)
-    scales = np.array([resize_scale(h, w, 50, 60) for _, _, w, h in objects])
+    scales = np.array([min(50 / min(h, w), 60 / max(h, w)) for _, _, w, h in objects])
     assert report.box_sizes["resized"]["width"]["p95"] == pytest.approx(
         np.quantile(sizes[:, 0] * scales, 0.95), abs=1e-3
     )

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from frcnn.data import SyntheticConfig, collate
+from frcnn.config import RunConfig, SyntheticConfig, TrainConfig
+from frcnn.data import DetectionTransform, collate, open_dataset
 from frcnn.engine import (
     RESULTS_COLUMNS,
     Budget,
@@ -22,9 +23,7 @@ from frcnn.engine import (
     IterationBatchSampler,
     NonFiniteLossError,
     Progress,
-    RunConfig,
     RunPictures,
-    TrainConfig,
     Trainer,
     TrainingInterrupted,
     detector_losses,
@@ -82,13 +81,14 @@ def _forward_failing_at(call: int, failure: str):
 def _train(config: RunConfig, out: Path, resume: bool = False, forward=detector_losses, validate: bool = False,
            extra_callbacks: tuple[Callback, ...] = (), pictures: bool = True):
     seed_everything(config.train.seed)
-    dataset = config.data.dataset("train")
+    dataset = open_dataset(config.data, "train")
     model = FasterRCNN(len(dataset.class_names), config=config.model)
-    trainer = Trainer(model, dataset.with_transform(config.transform(training=True)), collate, config.train,
+    training = DetectionTransform(config.model.preprocess, config.data.flip_prob)
+    trainer = Trainer(model, dataset.with_transform(training), collate, config.train,
                       out, metadata={"config": config.to_dict(), "class_names": list(dataset.class_names)},
                       device=torch.device("cpu"), forward=forward, progress_bar=False,
-                      val_dataset=config.data.dataset("val") if validate else None,
-                      val_transform=config.transform(training=False))
+                      val_dataset=open_dataset(config.data, "val") if validate else None,
+                      val_transform=DetectionTransform(config.model.preprocess))
     trainer.callbacks = [c for c in trainer.callbacks if pictures or not isinstance(c, RunPictures)]
     trainer.callbacks += extra_callbacks
     return trainer.run(resume=resume), model
@@ -105,7 +105,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 @pytest.mark.parametrize("field, value", [("batch_size", 0), ("lr", -1.0), ("schedule", "linear"),
                                           ("lr_steps", (0.9, 0.5)), ("max_minutes", 0), ("epochs", -2)])
 def test_train_config_refuses_bad_values_naming_the_field(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=f"train.{field}"):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field} must be"):
         TrainConfig(**{field: value})
 
 
@@ -257,7 +257,7 @@ def test_a_time_budget_stops_the_run_and_writes_the_final_files(tiny_config: Run
     result, _ = _train(config, tmp_path)
     assert result.iterations >= 1 and result.elapsed_s >= 0.006
     final = load_checkpoint(result.final_model)
-    assert final["class_names"] == list(config.data.dataset("train").class_names)
+    assert final["class_names"] == list(open_dataset(config.data, "train").class_names)
     assert RunConfig.from_dict(final["config"]) == config
     assert final["progress"]["elapsed_s"] == result.elapsed_s
     assert load_checkpoint(result.checkpoint)["progress"] == final["progress"]
@@ -291,9 +291,9 @@ class _Recorder(Callback):
 
 
 def test_train_config_refuses_unknown_best_metrics_and_zero_patience() -> None:
-    with pytest.raises(ValueError, match="train.best_metric must be one of voc07_map"):
+    with pytest.raises(ValueError, match="TrainConfig.best_metric must be one of 'voc07_map'"):
         TrainConfig(best_metric="accuracy")
-    with pytest.raises(ValueError, match="train.patience"):
+    with pytest.raises(ValueError, match="TrainConfig.patience"):
         TrainConfig(patience=0)
     with pytest.raises(ValueError, match="needs a validation set"):
         standard_callbacks(TrainConfig(patience=2), None, None)
@@ -334,9 +334,9 @@ def test_validation_writes_the_run_folder_and_leaves_training_alone(tiny_config:
         for key in ("loss", "rpn_cls", "rcnn_box"):
             assert row[key] == pytest.approx(sum(r[key] for r in records) / 2, rel=1e-12)
         assert row["lr"] == records[-1]["lr"] and row["elapsed_s"] == records[-1]["elapsed_s"]
-    val_set = config.data.dataset("val")
+    val_set = open_dataset(config.data, "val")
     subset = replace(val_set, annotations=val_set.annotations[:3])
-    transform, cpu = config.transform(training=False), torch.device("cpu")
+    transform, cpu = DetectionTransform(config.model.preprocess), torch.device("cpu")
     final_losses = validation_losses(model, subset, transform, detector_losses, cpu, 2, 0)
     assert {key: rows[-1][key] for key in final_losses} == final_losses
     on_subset, _ = evaluate(model, subset, transform, cpu, 2)

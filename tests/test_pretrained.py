@@ -18,8 +18,8 @@ from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from frcnn.anchors import cell_anchors, cell_strides, detectron2_cell_anchors, mmdetection_cell_anchors
-from frcnn.config import TORCHVISION_ARCHS, torchvision_config
-from frcnn.engine import CHECKPOINT_FORMAT, RunConfig
+from frcnn.config import TORCHVISION_ARCHS, RunConfig, torchvision_config
+from frcnn.engine import CHECKPOINT_FORMAT
 from frcnn.model import FasterRCNN
 from frcnn.pretrained import coco_class_names, init_weights
 

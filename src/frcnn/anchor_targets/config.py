@@ -1,9 +1,9 @@
 """The anchor target layer's configuration: every default in one frozen dataclass, and the presets."""
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
+
+from ..field_checks import check_bool, check_int, check_number, check_numbers, is_number, require
 
 # Each system's RPN target semantics (docs/anchor_targets.md, Presets); every other field keeps
 # its default.
@@ -48,36 +48,21 @@ class AnchorTargetConfig:
     def __post_init__(self) -> None:
         for name in ("positive_overlap", "negative_overlap", "fg_fraction", "min_positive_overlap",
                      "ignore_overlap"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise ValueError(f"AnchorTargetConfig.{name} must be in [0, 1], got {value!r}")
-        if self.negative_overlap > self.positive_overlap:
-            raise ValueError(
-                f"AnchorTargetConfig.negative_overlap ({self.negative_overlap!r}) must not exceed "
-                f"positive_overlap ({self.positive_overlap!r})")
-        if self.batch_size is not None and (
-                isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"AnchorTargetConfig.batch_size must be an integer >= 1 or None, "
-                             f"got {self.batch_size!r}")
-        p = self.positive_weight
-        if not (isinstance(p, (int, float)) and (p < 0 or 0 < p < 1)):
-            raise ValueError(f"AnchorTargetConfig.positive_weight must be negative or strictly "
-                             f"between 0 and 1, got {p!r}")
-        for name in ("bbox_inside_weights", "bbox_weights"):
-            value = getattr(self, name)
-            if not (isinstance(value, Sequence) and len(value) == 4
-                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)):
-                raise ValueError(f"AnchorTargetConfig.{name} must be 4 finite numbers, got {value!r}")
-            if name == "bbox_weights" and 0 in value:
-                raise ValueError(f"AnchorTargetConfig.bbox_weights must be non-zero, got {value!r}")
-            object.__setattr__(self, name, tuple(float(v) for v in value))
-        if self.allowed_border is not None and not (
-                isinstance(self.allowed_border, (int, float)) and math.isfinite(self.allowed_border)):
-            raise ValueError(f"AnchorTargetConfig.allowed_border must be a finite number or None, "
-                             f"got {self.allowed_border!r}")
-        if not (isinstance(self.working_set_bytes, int) and self.working_set_bytes >= 1):
-            raise ValueError(f"AnchorTargetConfig.working_set_bytes must be a positive integer, "
-                             f"got {self.working_set_bytes!r}")
+            check_number(self, name, 0.0, 1.0)
+        require(self, "negative_overlap", self.negative_overlap <= self.positive_overlap,
+                f"<= positive_overlap ({self.positive_overlap!r})")
+        for name in ("clobber_positives", "legacy_plus_one", "low_quality_matches", "low_quality_reassign",
+                     "ignore_before_matching"):
+            check_bool(self, name)
+        check_int(self, "batch_size", 1, optional=True)
+        weight = self.positive_weight
+        require(self, "positive_weight", is_number(weight) and (weight < 0 or 0 < weight < 1),
+                "negative or strictly between 0 and 1")
+        check_numbers(self, "bbox_inside_weights", 4)
+        check_numbers(self, "bbox_weights", 4)
+        require(self, "bbox_weights", 0 not in self.bbox_weights, "non-zero")
+        check_number(self, "allowed_border", optional=True)
+        check_int(self, "working_set_bytes", 1)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> AnchorTargetConfig:

@@ -14,9 +14,8 @@ from ..analysis import anchor_report, format_report, save_report
 from ..analysis.anchor_search import SAMPLE_IMAGES
 from ..anchor_targets import assign_anchor_targets
 from ..anchors import concat_anchors
-from ..config import BACKBONES, default_config
-from ..data import SPEC_HELP, collate
-from ..engine import RunConfig
+from ..config import BACKBONES, RunConfig, default_config
+from ..data import SPEC_HELP, DetectionTransform, collate, open_dataset
 from ..viz import draw_anchor_targets, image_to_uint8, save_png
 from .common import HelpFormatter, config_options, layered_config, new_model, say
 
@@ -70,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--suggest, --json and --anchors-per-cell need --fit")
     if args.fit:
         return run_fit(args, config)
-    dataset = replace(config.data, train_split=args.split).dataset("train")
+    dataset = open_dataset(replace(config.data, train_split=args.split), "train")
     if not 0 <= args.index < len(dataset):
         raise ValueError(f"--index {args.index} is outside the {len(dataset)} images of {config.data.train} "
                          f"{args.split}")
-    transform = config.transform(training=False)
+    transform = DetectionTransform(config.model.preprocess)
     batch = collate([dataset.with_transform(transform)[args.index]])
     torch.manual_seed(args.seed)
     model = new_model(config, len(dataset.class_names)).eval()
@@ -85,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                                     torch.Generator().manual_seed(args.seed), batch.ignore_boxes, batch.num_ignore)
     anchors, labels = concat_anchors(grids), targets.labels[0]
     height, width = (int(v) for v in batch.im_info[0, :2])
-    image = image_to_uint8(batch.images[0, :, :height, :width], transform.mean, transform.std, 255.0)
+    image = image_to_uint8(batch.images[0, :, :height, :width], config.model.preprocess.mean,
+                           config.model.preprocess.std, 255.0)
     gt = batch.gt_boxes[0, :int(batch.num_boxes[0]), :4]
     ignore = batch.ignore_boxes[0, :int(batch.num_ignore[0])]
     positives, negatives = anchors[labels == 1], anchors[labels == 0]
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_fit(args: argparse.Namespace, config: RunConfig) -> int:
-    dataset = replace(config.data, train_split=args.split).dataset("train")
+    dataset = open_dataset(replace(config.data, train_split=args.split), "train")
     out = Path(args.out or DEFAULT_FIT_OUT)
     say(f"fitting the anchors to {config.data.train} {args.split} ({len(dataset)} images)")
     report = anchor_report(dataset, config.model, suggest=args.suggest, anchors_per_cell=args.anchors_per_cell,

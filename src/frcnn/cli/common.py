@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .. import engine
-from ..engine import RunConfig
+from ..config import RunConfig
 from ..model import FasterRCNN
 from ..pretrained import build_model, read_checkpoint
 

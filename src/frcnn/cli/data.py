@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..data import SPEC_HELP
+from ..config import RunConfig
+from ..data import SPEC_HELP, DetectionTransform, read_options
 from ..data.report import LABELS_PLOT_NAME, check_data, format_report, plot_labels, stopping_problems
-from ..engine import RunConfig
 from .common import HelpFormatter, config_options, layered_config, say, write_json
 
 DEFAULT_OUT = "runs/data"
@@ -38,9 +38,10 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = layered_config(RunConfig(), args)
-    options = config.data.read_options()
+    options = read_options(config.data)
     split = args.split or config.data.train_split
-    report = check_data(config.data.train, split, options, config.data.synthetic, config.transform(training=False))
+    report = check_data(config.data.train, split, options, config.data.synthetic,
+                        DetectionTransform(config.model.preprocess))
     out = Path(args.out)
     write_json(out / REPORT_NAME, report.to_dict())
     picture = plot_labels(report, out / LABELS_PLOT_NAME)

@@ -6,8 +6,8 @@ from dataclasses import replace
 from typing import Any
 
 from .. import engine
-from ..data import SPEC_HELP, DetectionDataset
-from ..engine import RunConfig
+from ..config import RunConfig, TrainConfig
+from ..data import SPEC_HELP, DetectionDataset, DetectionTransform, open_dataset
 from ..evaluation import Detections, evaluate_detections, read_results_json, write_results_json
 from ..plots import PLOT_NAMES, plot_evaluation
 from .common import HelpFormatter, device_option, load_model, print_metrics, say
@@ -39,7 +39,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="also write the precision-recall and F1 curves and the confusion matrices "
                              f"({', '.join(PLOT_NAMES)}) to DIR (default: none)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="images per batch (default: the "
-                        f"configuration's train.eval_batch_size, {engine.TrainConfig().eval_batch_size})")
+                        f"configuration's train.eval_batch_size, {TrainConfig().eval_batch_size})")
     device_option(parser)
     parser.set_defaults(handler=run)
 
@@ -56,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
         data = replace(data, val=args.data)
     if args.split:
         data = replace(data, val_split=args.split)
-    dataset = data.dataset("val")
+    dataset = open_dataset(data, "val")
     if list(dataset.class_names) != class_names:
         raise ValueError(f"the checkpoint detects {class_names}, but the data's classes are "
                          f"{list(dataset.class_names)}")
     batch_size = args.batch_size or config.train.eval_batch_size
-    metrics, predictions = engine.evaluate(model, dataset, config.transform(training=False), device, batch_size,
-                                           progress_bar=not args.json)
+    transform = DetectionTransform(config.model.preprocess)
+    metrics, predictions = engine.evaluate(model, dataset, transform, device, batch_size, progress_bar=not args.json)
     if args.save_detections:
         write_results_json(args.save_detections, dataset, predictions.detections)
     print_metrics(metrics, dataset.class_names, args.json)
@@ -77,7 +77,7 @@ def _eval_results_file(args: argparse.Namespace) -> int:
     if args.checkpoint:
         raise ValueError("give either a CHECKPOINT or --detections, not both")
     data = RunConfig().with_assignments(args.set).data
-    dataset = replace(data, val=args.data, val_split=args.split or data.val_split).dataset("val")
+    dataset = open_dataset(replace(data, val=args.data, val_split=args.split or data.val_split), "val")
     detections = read_results_json(args.detections, dataset)
     metrics = evaluate_detections(dataset, detections)
     print_metrics(metrics, dataset.class_names, args.json)

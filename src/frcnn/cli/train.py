@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import engine
-from ..config import BACKBONES, default_config
-from ..data import SPEC_HELP, DetectionDataset, collate
+from ..config import BACKBONES, RunConfig, TrainConfig, default_config
+from ..data import SPEC_HELP, DetectionDataset, DetectionTransform, collate, open_dataset
 from ..data.report import data_report, summary
-from ..engine import RunConfig
 from ..pretrained import init_weights, read_checkpoint
 from .common import (
     CONFIG_NAME,
@@ -60,11 +59,11 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                              "is given (default: the configuration's train.epochs, none)")
     parser.add_argument("--max-minutes", type=float, metavar="M",
                         help="stop training after M minutes, the learning rate decaying to that deadline; "
-                             f"0: no time limit (default: {engine.TrainConfig().max_minutes:g}, "
+                             f"0: no time limit (default: {TrainConfig().max_minutes:g}, "
                              "or none when --epochs is given)")
     parser.add_argument("--batch-size", type=int, metavar="B",
-                        help=f"images per iteration and process (default: {engine.TrainConfig().batch_size})")
-    parser.add_argument("--seed", type=int, help=f"random seed (default: {engine.TrainConfig().seed})")
+                        help=f"images per iteration and process (default: {TrainConfig().batch_size})")
+    parser.add_argument("--seed", type=int, help=f"random seed (default: {TrainConfig().seed})")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint.pt, with the configuration "
                              "stored there (options given here still apply) (default: start afresh)")
@@ -97,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
         config = _train_config(args)
         out = Path(args.out)
         train_set, val_set = _datasets_rank0_first(config, context, need_val=not args.no_eval)
+        eval_transform = DetectionTransform(config.model.preprocess)
         if context.is_main:
-            say(summary(data_report(train_set, config.data.train, config.data.train_split,
-                                    config.transform(training=False))))
+            say(summary(data_report(train_set, config.data.train, config.data.train_split, eval_transform)))
         engine.seed_everything(config.train.seed)
         model = new_model(config, len(train_set.class_names))
         if args.init and not args.resume:
@@ -113,10 +112,10 @@ def run(args: argparse.Namespace) -> int:
                  f"on {device}" + (f" x {context.world_size} processes" if context.distributed else "")
                  + f"; writing to {out}")
         trainer = engine.Trainer(
-            model, train_set.with_transform(config.transform(training=True)),
+            model, train_set.with_transform(DetectionTransform(config.model.preprocess, config.data.flip_prob)),
             _collate_for(config), config.train, out, device=device, context=context,
             metadata={"config": config.to_dict(), "class_names": list(train_set.class_names)},
-            val_dataset=val_set, val_transform=config.transform(training=False))
+            val_dataset=val_set, val_transform=eval_transform)
         try:
             result = trainer.run(resume=args.resume)
         except engine.TrainingInterrupted as stopped:
@@ -140,8 +139,8 @@ def _datasets_rank0_first(config: RunConfig, context: engine.DistContext,
                           need_val: bool) -> tuple[DetectionDataset, DetectionDataset | None]:
     """The training and evaluation sets; rank 0 reads (or generates) them before the others."""
     def load() -> tuple[DetectionDataset, DetectionDataset | None]:
-        train_set = config.data.dataset("train")
-        val_set = config.data.dataset("val") if need_val and context.is_main else None
+        train_set = open_dataset(config.data, "train")
+        val_set = open_dataset(config.data, "val") if need_val and context.is_main else None
         if val_set is not None and tuple(val_set.class_names) != tuple(train_set.class_names):
             raise ValueError(f"the evaluation data's classes {list(val_set.class_names)} differ from the "
                              f"training data's {list(train_set.class_names)}")

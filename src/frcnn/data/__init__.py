@@ -2,18 +2,19 @@
 from .annotations import DatasetError, DatasetWarning, ImageAnnotation, Problem, ReadOptions, resolve_class_names
 from .batching import AspectRatioBatchSampler, Batch, build_loader, collate
 from .coco import load_coco
+from .configured import open_dataset, read_options
 from .dataset import DetectionDataset
 from .images import image_annotation, image_size
 from .specs import SPEC_HELP, build_dataset
-from .synthetic import SHAPE_NAMES, SyntheticConfig, ensure_synthetic
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform, resize_scale
+from .synthetic import SHAPE_NAMES, ensure_synthetic
+from .transforms import DetectionTransform
 from .voc import VOC_CLASSES, internal_to_voc, load_voc, voc_to_internal
 from .yolo import load_yolo
 
 __all__ = [
     "AspectRatioBatchSampler", "Batch", "DatasetError", "DatasetWarning", "DetectionDataset",
-    "DetectionTransform", "IMAGENET_MEAN", "IMAGENET_STD", "ImageAnnotation", "Problem", "ReadOptions",
-    "SHAPE_NAMES", "SPEC_HELP", "SyntheticConfig", "VOC_CLASSES", "build_dataset", "build_loader", "collate",
-    "ensure_synthetic", "image_annotation", "image_size", "internal_to_voc", "load_coco", "load_voc",
-    "load_yolo", "resize_scale", "resolve_class_names", "voc_to_internal",
+    "DetectionTransform", "ImageAnnotation", "Problem", "ReadOptions", "SHAPE_NAMES", "SPEC_HELP", "VOC_CLASSES",
+    "build_dataset", "build_loader", "collate", "ensure_synthetic", "image_annotation", "image_size",
+    "internal_to_voc", "load_coco", "load_voc", "load_yolo", "open_dataset", "read_options", "resolve_class_names",
+    "voc_to_internal",
 ]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import BAD_DATA_POLICIES as POLICIES
 from .textfiles import text_lines
 
 # Annotations may overhang the image by this many pixels (VOC has xmin = 0 in 1-based
 # coordinates); such boxes are kept as written and clipped by the transforms.
 BORDER_SLACK = 1.0
-POLICIES = ("error", "skip")
 
 
 class DatasetError(ValueError):

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from ..config import SyntheticConfig
+from ..preprocess import resize_factor
 from .annotations import DatasetWarning, Problem, ReadOptions
 from .dataset import DetectionDataset
 from .specs import build_dataset
-from .synthetic import SyntheticConfig
-from .transforms import DetectionTransform, resize_scale
+from .transforms import DetectionTransform
 
 QUANTILES = {"min": 0.0, "p5": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95, "max": 1.0}
 COCO_SMALL, COCO_MEDIUM = 32 ** 2, 96 ** 2
@@ -98,8 +99,8 @@ def data_report(dataset: DetectionDataset, spec: str = "", split: str = "",
     box_sizes = {"original": _size_quantiles(sizes)}
     resize = None
     if transform is not None:
-        resize = (transform.min_size, transform.max_size)
-        scales = np.repeat([resize_scale(a.height, a.width, *resize) for a in annotations], counts)
+        resize = (transform.preprocess.min_size, transform.preprocess.max_size)
+        scales = np.repeat([resize_factor(a.height, a.width, transform.preprocess) for a in annotations], counts)
         box_sizes["resized"] = _size_quantiles(sizes * scales[:, None])
     pairs = [duplicate_pairs(a.boxes, a.labels) for a in annotations]
     duplicates = [_duplicate_problem(dataset, a, found) for a, found in zip(annotations, pairs) if found]

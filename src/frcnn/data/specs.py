@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..config import SyntheticConfig
 from .annotations import DatasetError, ReadOptions
 from .coco import load_coco
 from .dataset import DetectionDataset
-from .synthetic import SHAPE_NAMES, SyntheticConfig, ensure_synthetic
+from .synthetic import SHAPE_NAMES, ensure_synthetic
 from .voc import load_voc
 from .yolo import load_yolo
 

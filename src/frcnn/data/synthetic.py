@@ -16,12 +16,13 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..config import SyntheticConfig
 from .annotations import dataset_error
 from .voc import VocObject, internal_to_voc, write_voc_xml
 
@@ -36,54 +37,10 @@ _SPLITS = ("train", "val")
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Parameters of the synthetic dataset; a change makes a different dataset.
-
-    Image sizes: the longer side uniform in ``long_side``, the shorter at least
-    ``min_side_ratio`` of it, portrait or landscape. Objects: sqrt(w * h) log-uniform in
-    ``object_size`` (the shorter side at least its low end, the box shrunk to fit the image),
-    w / h log-uniform in [1 / max_object_aspect, max_object_aspect], centres inside the image,
-    up to ``max_objects`` per image (none with probability ``empty_fraction``), a later object
-    covering at most ``max_overlap`` of the smaller box of any earlier one.
-    """
-
-    num_train: int = 3000
-    num_val: int = 300
-    seed: int = 0
-    long_side: tuple[int, int] = (256, 400)
-    min_side_ratio: float = 0.6
-    object_size: tuple[float, float] = (12.0, 300.0)
-    max_object_aspect: float = 3.0
-    max_objects: int = 6
-    empty_fraction: float = 0.05
-    max_overlap: float = 0.5
-    min_visible: float = 0.4
-    jpeg_quality: int = 90
-
-    def __post_init__(self) -> None:
-        rules = {
-            "num_train and num_val must be >= 0": self.num_train >= 0 and self.num_val >= 0,
-            "long_side must be (low, high) with 32 <= low <= high": 32 <= self.long_side[0] <= self.long_side[1],
-            "min_side_ratio must be in (0, 1]": 0 < self.min_side_ratio <= 1,
-            "object_size must be (low, high) with 1 <= low <= high": 1 <= self.object_size[0] <= self.object_size[1],
-            "max_object_aspect must be >= 1": self.max_object_aspect >= 1,
-            "max_objects must be >= 0": self.max_objects >= 0,
-            "empty_fraction, max_overlap and min_visible must be in [0, 1]":
-                all(0 <= v <= 1 for v in (self.empty_fraction, self.max_overlap, self.min_visible)),
-            "jpeg_quality must be in 1..100": 1 <= self.jpeg_quality <= 100,
-        }
-        broken = [rule for rule, holds in rules.items() if not holds]
-        if broken:
-            raise ValueError(f"SyntheticConfig: {'; '.join(broken)}")
-
-    def split_size(self, split: str) -> int:
-        return {"train": self.num_train, "val": self.num_val}[split]
-
-    def fingerprint(self) -> str:
-        """A short hash of the parameters and the generator version."""
-        stamp = json.dumps(_stamp(self), sort_keys=True).encode()
-        return hashlib.sha1(stamp).hexdigest()[:12]
+def fingerprint(config: SyntheticConfig) -> str:
+    """A short hash of the parameters and the generator version: the dataset's folder name."""
+    stamp = json.dumps(_stamp(config), sort_keys=True).encode()
+    return hashlib.sha1(stamp).hexdigest()[:12]
 
 
 def _stamp(config: SyntheticConfig) -> dict:
@@ -103,7 +60,7 @@ def ensure_synthetic(config: SyntheticConfig = SyntheticConfig(), root: str | Pa
     Generation writes a temporary sibling folder and renames it into place, so a reader never
     sees a partial dataset. A ``root`` that exists but is not a synthetic dataset is refused.
     """
-    root = Path(root).expanduser() if root is not None else default_cache_dir() / f"synthetic-{config.fingerprint()}"
+    root = Path(root).expanduser() if root is not None else default_cache_dir() / f"synthetic-{fingerprint(config)}"
     if _made_from(root) == _stamp(config):
         return root
     if root.exists() and _made_from(root) is None and any(root.iterdir()):

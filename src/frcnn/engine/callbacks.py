@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from ..config import TrainConfig
 from ..data import DetectionDataset, DetectionTransform
 from ..plots import plot_training_log
 from .checkpoint import save_atomic
 from .hooks import Callback
 from .results import improves
 from .run_folder import BEST_NAME, LOG_NAME, LOSS_PLOT_NAME, ResultsTable, RunPictures
-from .settings import TrainConfig
 from .validation import Evaluator
 
 if TYPE_CHECKING:

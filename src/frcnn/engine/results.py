@@ -13,12 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..config import METRIC_COLUMNS, TRAIN_LOSSES, VALIDATION_LOSSES
 
-TRAIN_LOSSES = ("loss", "rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
-VALIDATION_LOSSES = tuple(f"val_{name}" for name in TRAIN_LOSSES)
-METRIC_COLUMNS = ("voc07_map", "voc_map", "coco_ap", "coco_ap50", "coco_ap75", "rpn_recall@300")
-# The columns a run can be judged by (train.best_metric); the losses improve downwards.
-VALIDATION_COLUMNS = (*METRIC_COLUMNS, *VALIDATION_LOSSES)
 RESULTS_COLUMNS = ("iter", "epoch", "elapsed_s", "lr", *TRAIN_LOSSES, *VALIDATION_LOSSES, *METRIC_COLUMNS)
 
 

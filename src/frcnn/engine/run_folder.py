@@ -79,7 +79,7 @@ class RunPictures(Callback):
 
     def __init__(self, dataset: DetectionDataset, transform: DetectionTransform) -> None:
         self.class_names = dataset.class_names
-        self.mean, self.std = transform.mean, transform.std
+        self.mean, self.std = transform.preprocess.mean, transform.preprocess.std
 
     def on_train_start(self, trainer: Trainer) -> None:
         if not trainer.resumed:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .settings import TrainConfig
+from ..config import TrainConfig
 
 
 @dataclass

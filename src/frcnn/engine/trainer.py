@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import TrainConfig
 from ..data import Batch, DetectionDataset, DetectionTransform
 from .callbacks import standard_callbacks
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_atomic, seed_everything, set_rng_state
@@ -30,7 +31,6 @@ from .hooks import Callback
 from .run_folder import CHECKPOINT_NAME, FINAL_NAME
 from .sampler import IterationBatchSampler, SeededItems
 from .schedule import Budget, Progress, build_optimizer, lr_factor
-from .settings import TrainConfig
 
 if TYPE_CHECKING:
     from .validation import Evaluation

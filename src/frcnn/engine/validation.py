@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..config import METRIC_COLUMNS, VALIDATION_COLUMNS, TrainConfig
 from ..data import DetectionDataset, DetectionTransform, build_loader
 from .checkpoint import rng_state, set_rng_state
 from .hooks import Callback
 from .inference import Predictions, predict, prediction_metrics
-from .results import METRIC_COLUMNS, VALIDATION_COLUMNS
-from .settings import TrainConfig
 
 if TYPE_CHECKING:
     from .trainer import Trainer
