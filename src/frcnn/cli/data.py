@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json_atomic
 from ..data import SPEC_HELP
 from ..data.report import LABELS_PLOT_NAME, check_data, format_report, plot_labels, stopping_problems
 from ..engine import RunConfig
-from .common import HelpFormatter, config_options, layered_config, say, write_json
+from .common import HelpFormatter, config_options, layered_config, say
 
 DEFAULT_OUT = "runs/data"
 REPORT_NAME = "report.json"
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or config.data.train_split
     report = check_data(config.data.train, split, options, config.data.synthetic, config.transform(training=False))
     out = Path(args.out)
-    write_json(out / REPORT_NAME, report.to_dict())
+    write_json_atomic(out / REPORT_NAME, report.to_dict())
     picture = plot_labels(report, out / LABELS_PLOT_NAME)
     print(json.dumps(report.to_dict()) if args.json else format_report(report))
     say(f"wrote {picture} and {out / REPORT_NAME}")
