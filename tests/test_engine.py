@@ -289,6 +289,29 @@ class _Recorder(Callback):
         return super().__getattribute__(name)
 
 
+def test_a_trainer_given_no_callbacks_runs_alone_and_shows_callbacks_a_view(tiny_config: RunConfig,
+                                                                             tmp_path: Path) -> None:
+    seen = []
+
+    class Spy(Callback):
+        def on_step_end(self, run, losses) -> None:
+            seen.append((run.iteration, round(run.epoch * run.iterations_per_epoch, 9), run.is_main,
+                         run.budget_spent, hasattr(run, "optimizer")))
+
+    seed_everything(tiny_config.train.seed)
+    dataset = tiny_config.data.dataset("train")
+    model = FasterRCNN(len(dataset.class_names), config=tiny_config.model)
+    bare = Trainer(model, dataset.with_transform(tiny_config.transform(training=True)), collate,
+                   _with_train(tiny_config, max_iters=2).train, tmp_path, metadata={"config": {}},
+                   device=torch.device("cpu"))
+    assert bare.callbacks == []
+    bare.callbacks.append(Spy())
+    result = bare.run()
+    assert result.iterations == 2 and result.metrics is None and result.stop_reason is None
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint.pt", "model_final.pt"]
+    assert seen == [(1, 1.0, True, False, False), (2, 2.0, True, True, False)]
+
+
 def test_train_config_refuses_unknown_best_metrics_and_zero_patience() -> None:
     with pytest.raises(ValueError, match="train.best_metric must be one of voc07_map"):
         TrainConfig(best_metric="accuracy")
