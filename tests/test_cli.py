@@ -15,7 +15,7 @@ import torch
 
 from frcnn.cli import main
 from frcnn.engine import RESULTS_COLUMNS, load_checkpoint, read_log, read_results
-from test_plots import assert_png_not_blank
+from test_charts import assert_png_not_blank
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.long_side=[64,96]",

@@ -26,20 +26,20 @@ from frcnn.engine import (
     RunPictures,
     Trainer,
     TrainingInterrupted,
+    build_callbacks,
     detector_losses,
     load_checkpoint,
     lr_factor,
     read_log,
     read_results,
-    save_atomic,
+    save_checkpoint,
     seed_everything,
-    standard_callbacks,
     training_state_kept,
     validation_losses,
 )
-from frcnn.engine.checkpoint import rng_state, set_rng_state
-from frcnn.engine.inference import evaluate, json_safe
+from frcnn.engine.eval_loop import evaluate, json_safe
 from frcnn.engine.results import METRIC_COLUMNS
+from frcnn.engine.rng import rng_state, set_rng_state
 from frcnn.model import FasterRCNN
 
 TINY_SYNTHETIC = SyntheticConfig(num_train=8, num_val=4, long_side=(64, 96), object_size=(12.0, 40.0),
@@ -83,14 +83,13 @@ def _train(config: RunConfig, out: Path, resume: bool = False, forward=detector_
     seed_everything(config.train.seed)
     dataset = open_dataset(config.data, "train")
     model = FasterRCNN(len(dataset.class_names), config=config.model)
+    callbacks = build_callbacks(config.train, open_dataset(config.data, "val") if validate else None,
+                                DetectionTransform(config.model.preprocess), progress_bar=False)
+    callbacks = [c for c in callbacks if pictures or not isinstance(c, RunPictures)]
     training = DetectionTransform(config.model.preprocess, config.data.flip_prob)
     trainer = Trainer(model, dataset.with_transform(training), collate, config.train,
                       out, metadata={"config": config.to_dict(), "class_names": list(dataset.class_names)},
-                      device=torch.device("cpu"), forward=forward, progress_bar=False,
-                      val_dataset=open_dataset(config.data, "val") if validate else None,
-                      val_transform=DetectionTransform(config.model.preprocess))
-    trainer.callbacks = [c for c in trainer.callbacks if pictures or not isinstance(c, RunPictures)]
-    trainer.callbacks += extra_callbacks
+                      device=torch.device("cpu"), forward=forward, callbacks=[*callbacks, *extra_callbacks])
     return trainer.run(resume=resume), model
 
 
@@ -191,7 +190,7 @@ def test_ranks_share_an_epoch_without_overlap() -> None:
 
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "checkpoint.pt"
-    save_atomic({"format": "frcnn-checkpoint/1", "value": torch.arange(3)}, path)
+    save_checkpoint({"format": "frcnn-checkpoint/1", "value": torch.arange(3)}, path)
 
     def killed_midway(payload, handle, *args, **kwargs):
         handle.write(b"partial garbage")
@@ -199,7 +198,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path: Path,
 
     monkeypatch.setattr(torch, "save", killed_midway)
     with pytest.raises(KeyboardInterrupt):
-        save_atomic({"format": "frcnn-checkpoint/1", "value": torch.arange(5)}, path)
+        save_checkpoint({"format": "frcnn-checkpoint/1", "value": torch.arange(5)}, path)
     assert torch.equal(load_checkpoint(path)["value"], torch.arange(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
@@ -216,7 +215,7 @@ def test_a_foreign_file_is_not_a_checkpoint(tmp_path: Path) -> None:
 
 def test_generator_states_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
     seed_everything(5)
-    save_atomic({"rng": rng_state()}, tmp_path / "rng.pt")
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pt")
     expected = (torch.rand(3), random.random(), np.random.rand())
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     again = (torch.rand(3), random.random(), np.random.rand())
@@ -286,8 +285,32 @@ class _Recorder(Callback):
 
     def __getattribute__(self, name: str):
         if name.startswith("on_"):
-            return lambda trainer, *args: self.calls.append((name, trainer.progress.iteration))
+            return lambda run, *args: self.calls.append((name, run.iteration))
         return super().__getattribute__(name)
+
+
+def test_a_trainer_given_no_callbacks_runs_alone_and_shows_callbacks_a_view(tiny_config: RunConfig,
+                                                                             tmp_path: Path) -> None:
+    seen = []
+
+    class Spy(Callback):
+        def on_step_end(self, run, losses) -> None:
+            seen.append((run.iteration, round(run.epoch * run.iterations_per_epoch, 9), run.is_main,
+                         run.budget_spent, hasattr(run, "optimizer")))
+
+    seed_everything(tiny_config.train.seed)
+    dataset = open_dataset(tiny_config.data, "train")
+    model = FasterRCNN(len(dataset.class_names), config=tiny_config.model)
+    training = DetectionTransform(tiny_config.model.preprocess, tiny_config.data.flip_prob)
+    bare = Trainer(model, dataset.with_transform(training), collate,
+                   _with_train(tiny_config, max_iters=2).train, tmp_path, metadata={"config": {}},
+                   device=torch.device("cpu"))
+    assert bare.callbacks == []
+    bare.callbacks.append(Spy())
+    result = bare.run()
+    assert result.iterations == 2 and result.metrics is None and result.stop_reason is None
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint.pt", "model_final.pt"]
+    assert seen == [(1, 1.0, True, False, False), (2, 2.0, True, True, False)]
 
 
 def test_train_config_refuses_unknown_best_metrics_and_zero_patience() -> None:
@@ -296,7 +319,7 @@ def test_train_config_refuses_unknown_best_metrics_and_zero_patience() -> None:
     with pytest.raises(ValueError, match="TrainConfig.patience"):
         TrainConfig(patience=0)
     with pytest.raises(ValueError, match="needs a validation set"):
-        standard_callbacks(TrainConfig(patience=2), None, None)
+        build_callbacks(TrainConfig(patience=2), None, None)
 
 
 def test_evaluation_does_not_change_the_training_state() -> None:

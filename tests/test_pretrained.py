@@ -21,7 +21,8 @@ from frcnn.anchors import cell_anchors, cell_strides, detectron2_cell_anchors, m
 from frcnn.config import TORCHVISION_ARCHS, RunConfig, torchvision_config
 from frcnn.engine import CHECKPOINT_FORMAT
 from frcnn.model import FasterRCNN
-from frcnn.pretrained import coco_class_names, init_weights
+from frcnn.pretrained import coco_class_names
+from frcnn.weights import init_weights
 
 MIN_SIZE, MAX_SIZE = 128, 160
 # Original sizes (H, W): upscaled, downscaled, capped by the longer side, portrait; uneven

@@ -12,8 +12,10 @@ from torch import Tensor, nn
 from .anchor_targets import assign_anchor_targets
 from .anchors import AnchorGrid, cell_anchors, cell_strides, concat_anchors, grid_anchors
 from .backbones import build_backbone
+from .checkpoint import Checkpoint, load_weights
 from .config import BackboneConfig, ModelConfig, default_config
 from .preprocess import PreprocessedBatch, as_image_tensor, box_scale, preprocess_images
+from .pretrained import read_checkpoint, torchvision_weights
 from .roi import RoIHead, RoIPooler, box_head, fast_rcnn_losses, sample_rois
 from .roi import detect as detect_objects
 from .rpn import Proposals, RPNHead, generate_proposals, objectness_logit, rpn_losses
@@ -158,19 +160,24 @@ class FasterRCNN(nn.Module):
         return found[0] if single else found
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str | None = None) -> FasterRCNN:
-        """The model of an frcnn checkpoint, or of ``torchvision:ARCH:PATH`` (a torchvision
-        detector's state dict), in eval mode on ``device`` (default CPU), with its class names."""
-        from .pretrained import load_model
-        return load_model(str(path), device)
+    def load(cls, source: str | Path | Checkpoint, device: torch.device | str | None = None,
+             config: ModelConfig | None = None) -> FasterRCNN:
+        """The model of a checkpoint: an frcnn checkpoint file, ``torchvision:ARCH:PATH`` (a
+        torchvision detector's state dict) or weights already read (``Checkpoint``); in eval mode
+        on ``device`` (default CPU), with its class names and its configuration (``config``
+        instead, when given, which must take the same weights)."""
+        checkpoint = source if isinstance(source, Checkpoint) else read_checkpoint(str(source))
+        model = cls(len(checkpoint.class_names), config=config or checkpoint.config,
+                    class_names=checkpoint.class_names)
+        load_weights(model, checkpoint)
+        return model.to(device or "cpu").eval()
 
     @classmethod
     def from_torchvision(cls, source: Any, arch: str | None = None) -> FasterRCNN:
         """A torchvision Faster R-CNN (the model, its state dict or the path of one; ``arch`` one
         of ``config.TORCHVISION_ARCHS``, needed unless ``source`` is the model) as an frcnn model
         with the architecture's ``torchvision_config`` recipe, in eval mode."""
-        from .pretrained import from_torchvision
-        return from_torchvision(source, arch)
+        return cls.load(torchvision_weights(source, arch))
 
     def anchor_grids(self, features: list[Tensor], image_size: Sequence[int] | None = None) -> list[AnchorGrid]:
         """The anchors of each feature map (B, C, H, W), level-major, for a padded batch of

@@ -1,5 +1,5 @@
-"""Weights from elsewhere: torchvision's Faster R-CNN detectors as frcnn models, frcnn checkpoints,
-and starting a model from any of them (``init_weights``).
+"""Weights from elsewhere: torchvision's Faster R-CNN detectors as frcnn weights (``Checkpoint``),
+and the checkpoint specs that name either kind (``read_checkpoint``).
 
 A torchvision state dict is renamed into frcnn's layout by the rules of its architecture's
 recipe (``config.torchvision_config``); BatchNorm buffers are carried whether the checkpoint has
@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from .checkpoint import Checkpoint, CheckpointError, read_frcnn_checkpoint, read_torch_file
 from .config import TORCHVISION_ARCHS, ModelConfig, torchvision_config
-from .model import FasterRCNN
 
 SPEC_PREFIX = "torchvision:"
-# The layers whose shapes depend on the number of classes.
-CLASS_SPECIFIC = ("roi_head.cls_score.", "roi_head.bbox_pred.")
 COCO_CLASSES = 91
 
 
@@ -74,45 +70,15 @@ def rename_torchvision(state: Mapping[str, Tensor], config: ModelConfig) -> dict
     return renamed
 
 
-def fit_batchnorm_buffers(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``state`` with ``num_batches_tracked`` made to match ``target``'s BatchNorm kind: dropped
-    where the target's norm is frozen, zero where the target's is plain and the source's frozen."""
-    fitted = {name: value for name, value in state.items()
-              if not name.endswith(".num_batches_tracked") or name in target}
-    for name, value in target.items():
-        if name.endswith(".num_batches_tracked") and name not in fitted:
-            fitted[name] = torch.zeros_like(value)
-    return fitted
-
-
-def _check_fit(state: Mapping[str, Tensor], target: Mapping[str, Tensor], origin: str) -> None:
-    """One-line ValueError for the first tensor missing, unexpected or of another shape."""
-    for name, value in target.items():
-        if name not in state:
-            raise ValueError(f"{origin}: tensor {name} (shape {tuple(value.shape)}) is missing")
-        if state[name].shape != value.shape:
-            raise ValueError(f"{origin}: tensor {name} has shape {tuple(state[name].shape)}, the model's is "
-                             f"{tuple(value.shape)}")
-    for name, value in state.items():
-        if name not in target:
-            raise ValueError(f"{origin}: tensor {name} (shape {tuple(value.shape)}) has no place in the model")
-
-
-def _read_state(source: Any) -> dict[str, Tensor]:
+def read_torchvision_state(source: Any) -> dict[str, Tensor]:
     """A state dict from a model, a mapping or the path of a saved state dict."""
     if isinstance(source, nn.Module):
         return dict(source.state_dict())
     if isinstance(source, Mapping):
         return dict(source)
-    path = Path(source)
-    if not path.is_file():
-        raise ValueError(f"torchvision checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged or foreign file raises one of several types
-        raise ValueError(f"{path} is not a readable state dict ({type(error).__name__})") from error
+    state = read_torch_file(source)
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state dict (a mapping of names to tensors)")
+        raise CheckpointError(f"{source} is not a state dict (a mapping of names to tensors)")
     return dict(state)
 
 
@@ -153,9 +119,10 @@ def checkpoint_norm(state: Mapping[str, Tensor]) -> str:
     return "batch" if plain else "frozen"
 
 
-def from_torchvision(source: Any, arch: str | None = None) -> FasterRCNN:
-    """``FasterRCNN.from_torchvision``: a torchvision detector (model, state dict or path) as an
-    frcnn model in eval mode. From a model, its transform sizes and thresholds are kept too."""
+def torchvision_weights(source: Any, arch: str | None = None) -> Checkpoint:
+    """A torchvision detector (model, state dict or the path of one) as frcnn weights for
+    ``FasterRCNN.load``: the recipe of ``arch`` (found from the model when ``source`` is one, whose
+    transform sizes and thresholds are then kept too)."""
     if isinstance(source, nn.Module):
         arch = arch or torchvision_arch(source)
         config = model_rules(source, torchvision_config(arch))
@@ -163,7 +130,7 @@ def from_torchvision(source: Any, arch: str | None = None) -> FasterRCNN:
         raise ValueError(f"arch is needed to import a state dict: one of {', '.join(TORCHVISION_ARCHS)}")
     else:
         config = torchvision_config(arch)
-    return build_model(torchvision_checkpoint(_read_state(source), config, f"torchvision {arch} weights"))
+    return torchvision_checkpoint(read_torchvision_state(source), config, f"torchvision {arch} weights")
 
 
 def parse_spec(spec: str) -> tuple[str, str] | None:
@@ -174,18 +141,6 @@ def parse_spec(spec: str) -> tuple[str, str] | None:
     if arch not in TORCHVISION_ARCHS or not path:
         raise ValueError(f"{spec}: expected torchvision:ARCH:PATH with ARCH one of {', '.join(TORCHVISION_ARCHS)}")
     return arch, path
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """What a checkpoint spec holds: the model configuration, class names, frcnn-named weights,
-    and an frcnn checkpoint's whole run configuration (a plain dict; None for torchvision's)."""
-
-    config: ModelConfig
-    class_names: tuple[str, ...]
-    state: dict[str, Tensor]
-    origin: str
-    run_config: dict[str, Any] | None = None
 
 
 def torchvision_checkpoint(state: Mapping[str, Tensor], config: ModelConfig, origin: str) -> Checkpoint:
@@ -203,63 +158,10 @@ def torchvision_checkpoint(state: Mapping[str, Tensor], config: ModelConfig, ori
 
 
 def read_checkpoint(spec: str) -> Checkpoint:
-    """An frcnn checkpoint file or ``torchvision:ARCH:PATH``, read on the CPU."""
+    """The weights of a checkpoint spec, read on the CPU: an frcnn checkpoint file or
+    ``torchvision:ARCH:PATH`` (a torchvision detector's saved state dict)."""
     parsed = parse_spec(spec)
-    if parsed is not None:
-        arch, path = parsed
-        return torchvision_checkpoint(_read_state(path), torchvision_config(arch), path)
-    from .engine.checkpoint import load_checkpoint
-    payload = load_checkpoint(spec)
-    config = ModelConfig.from_dict(payload["config"].get("model", {}))
-    return Checkpoint(config, tuple(payload["class_names"]), dict(payload["model"]), spec, payload["config"])
-
-
-def build_model(checkpoint: Checkpoint, config: ModelConfig | None = None,
-                device: torch.device | str | None = None) -> FasterRCNN:
-    """The checkpoint's model (with ``config`` instead of its own if given), in eval mode."""
-    model = FasterRCNN(len(checkpoint.class_names), config=config or checkpoint.config,
-                       class_names=checkpoint.class_names)
-    target = model.state_dict()
-    state = fit_batchnorm_buffers(checkpoint.state, target)
-    _check_fit(state, target, checkpoint.origin)
-    model.load_state_dict(state)
-    return model.to(device or "cpu").eval()
-
-
-def load_model(spec: str, device: torch.device | str | None = None) -> FasterRCNN:
-    """``FasterRCNN.load``."""
-    return build_model(read_checkpoint(spec), device=device)
-
-
-@dataclass(frozen=True)
-class InitReport:
-    """Which of the model's tensors ``init_weights`` loaded and which it left new."""
-
-    loaded: tuple[str, ...]
-    new: tuple[str, ...]
-
-    def summary(self) -> str:
-        """Two lines: loaded tensors counted by top-level module, new tensors by name."""
-        groups: dict[str, int] = {}
-        for name in self.loaded:
-            key = ".".join(name.split(".")[:2])
-            groups[key] = groups.get(key, 0) + 1
-        loaded = ", ".join(f"{key} ({count})" for key, count in groups.items())
-        return (f"loaded {len(self.loaded)} tensors: {loaded or 'none'}\n"
-                f"new {len(self.new)} tensors: {', '.join(self.new) or 'none'}")
-
-
-def init_weights(model: nn.Module, spec: str) -> InitReport:
-    """Start ``model`` from the checkpoint ``spec`` (frcnn or ``torchvision:ARCH:PATH``): every
-    tensor whose name and shape fit is loaded; the class-specific layers (the box classifier and
-    regressor) stay new when their shapes differ; any other missing, unexpected or differently
-    shaped tensor is a ValueError naming it and both shapes."""
-    checkpoint = read_checkpoint(spec)
-    target = model.state_dict()
-    state = fit_batchnorm_buffers(checkpoint.state, target)
-    new = tuple(name for name in target if name.startswith(CLASS_SPECIFIC)
-                and (name not in state or state[name].shape != target[name].shape))
-    kept = {name: value for name, value in state.items() if name not in new}
-    _check_fit(kept, {name: value for name, value in target.items() if name not in new}, checkpoint.origin)
-    model.load_state_dict({**target, **kept})
-    return InitReport(tuple(kept), new)
+    if parsed is None:
+        return read_frcnn_checkpoint(spec)
+    arch, path = parsed
+    return torchvision_checkpoint(read_torchvision_state(path), torchvision_config(arch), path)

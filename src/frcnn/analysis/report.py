@@ -2,7 +2,6 @@
 the warnings, as one JSON-ready dict and as a text table (docs/anchors.md)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,14 +10,15 @@ from typing import Any
 import torch
 import yaml
 
+from ..atomic import write_json_atomic, write_text_atomic
 from ..config import AnchorConfig, ModelConfig, to_plain
 from ..data import DetectionDataset
 from .anchor_fit import STATUS_NAMES, GtFit, anchor_description, anchor_fields, fit_ground_truth, summarize
+from .anchor_plot import plot_anchor_fit
 from .anchor_search import SAMPLE_IMAGES, Suggestion, suggest_anchors
 from .bound import best_possible_iou, level_origins
 from .geometry import FeatureGeometry, base_anchors
 from .ground_truth import GroundTruth, resized_ground_truth
-from .plot import plot_anchor_fit, write_atomically
 
 REPORT_NAME, PLOT_NAME, ANCHORS_NAME = "anchors_fit.json", "anchors_fit.png", "anchors.yaml"
 
@@ -182,12 +182,8 @@ def save_report(report: AnchorReport, model: ModelConfig, out: str | Path) -> li
     """Write anchors_fit.json, anchors_fit.png and (with a suggestion) anchors.yaml into ``out``,
     each atomically; the paths written."""
     out = Path(out)
-
-    def text(name: str, content: str) -> Path:
-        return write_atomically(out / name, lambda temporary: Path(temporary).write_text(content))
-
-    written = [text(REPORT_NAME, json.dumps(report.summary, indent=1, allow_nan=False) + "\n"),
-               plot_anchor_fit(report, model, out / PLOT_NAME)]
+    written = [write_json_atomic(out / REPORT_NAME, report.summary),
+               plot_anchor_fit(report.gt, report.current, report.suggestion, report.strides, model, out / PLOT_NAME)]
     if report.suggestion is not None:
-        written.append(text(ANCHORS_NAME, anchors_yaml(report.suggestion.anchors)))
+        written.append(write_text_atomic(out / ANCHORS_NAME, anchors_yaml(report.suggestion.anchors)))
     return written

@@ -16,7 +16,7 @@ from ..anchor_targets import assign_anchor_targets
 from ..anchors import concat_anchors
 from ..config import BACKBONES, RunConfig, default_config
 from ..data import SPEC_HELP, DetectionTransform, collate, open_dataset
-from ..viz import draw_anchor_targets, image_to_uint8, save_png
+from ..draw import draw_anchor_targets, image_to_uint8, save_png
 from .common import HelpFormatter, config_options, layered_config, new_model, say
 
 DEFAULT_OUT = "runs/anchors.png"

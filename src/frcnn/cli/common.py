@@ -1,13 +1,11 @@
-"""What the commands share: configuration options, checkpoint loading, output helpers."""
+"""What the commands share: configuration options, output helpers."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +13,6 @@ import torch
 from .. import engine
 from ..config import RunConfig
 from ..model import FasterRCNN
-from ..pretrained import build_model, read_checkpoint
 
 CONFIG_NAME = "config.yaml"
 
@@ -57,16 +54,6 @@ def option_values(args: argparse.Namespace) -> dict[str, Any]:
 def new_model(config: RunConfig, num_classes: int) -> torch.nn.Module:
     return FasterRCNN(num_classes, config=config.model)
 
-def load_model(path: str, device: torch.device,
-               assignments: Sequence[str] = ()) -> tuple[torch.nn.Module, RunConfig, list[str]]:
-    """The model of a checkpoint (an frcnn file or ``torchvision:ARCH:PATH``), in eval mode on
-    ``device``, its configuration and class names."""
-    checkpoint = read_checkpoint(path)
-    base = RunConfig.from_dict(checkpoint.run_config) if checkpoint.run_config else RunConfig(model=checkpoint.config)
-    config = base.with_assignments(assignments)
-    model = build_model(checkpoint, config.model, device)
-    return model, config, list(model.class_names)
-
 def print_metrics(metrics: Mapping[str, float], class_names: Sequence[str], as_json: bool) -> None:
     if as_json:
         print(json.dumps(engine.json_safe(metrics)))
@@ -89,10 +76,3 @@ def format_metrics(metrics: Mapping[str, float], class_names: Sequence[str]) -> 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-def write_json(path: Path, value: Any) -> None:
-    """``value`` as indented JSON (no NaN), written to a temporary file renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(value, indent=1, allow_nan=False) + "\n")
-    os.replace(temporary, path)

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json_atomic
 from ..config import RunConfig
 from ..data import SPEC_HELP, DetectionTransform, read_options
 from ..data.report import LABELS_PLOT_NAME, check_data, format_report, plot_labels, stopping_problems
-from .common import HelpFormatter, config_options, layered_config, say, write_json
+from .common import HelpFormatter, config_options, layered_config, say
 
 DEFAULT_OUT = "runs/data"
 REPORT_NAME = "report.json"
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     report = check_data(config.data.train, split, options, config.data.synthetic,
                         DetectionTransform(config.model.preprocess))
     out = Path(args.out)
-    write_json(out / REPORT_NAME, report.to_dict())
+    write_json_atomic(out / REPORT_NAME, report.to_dict())
     picture = plot_labels(report, out / LABELS_PLOT_NAME)
     print(json.dumps(report.to_dict()) if args.json else format_report(report))
     say(f"wrote {picture} and {out / REPORT_NAME}")

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import engine
-from ..viz import draw_detections, load_image, save_png
-from .common import HelpFormatter, device_option, say, write_json
+from ..atomic import write_json_atomic
+from ..draw import draw_detections, load_image, save_png
+from .common import HelpFormatter, device_option, say
 
 DEFAULT_OUT = "runs/detect"
 DETECTIONS_NAME = "detections.json"
@@ -80,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
                                       detections.scores, class_names)
             save_png(picture, out / f"{stem}.png")
     results, images = coco_results(found, class_names)
-    write_json(out / DETECTIONS_NAME, results)
-    write_json(out / IMAGES_NAME, images)
+    write_json_atomic(out / DETECTIONS_NAME, results)
+    write_json_atomic(out / IMAGES_NAME, images)
     pictures = f", {len(found)} pictures" if args.save_images else ""
     say(f"{len(results)} detections on {len(found)} images -> {out / DETECTIONS_NAME} ({out / IMAGES_NAME}{pictures})")
     return 0

@@ -6,11 +6,14 @@ from dataclasses import replace
 from typing import Any
 
 from .. import engine
+from ..charts import PLOT_NAMES, plot_evaluation
 from ..config import RunConfig, TrainConfig
 from ..data import SPEC_HELP, DetectionDataset, DetectionTransform, open_dataset
 from ..evaluation import Detections, evaluate_detections, read_results_json, write_results_json
-from ..plots import PLOT_NAMES, plot_evaluation
-from .common import HelpFormatter, device_option, load_model, print_metrics, say
+from ..model import FasterRCNN
+from ..pretrained import read_checkpoint
+from ..weights import run_config
+from .common import HelpFormatter, device_option, print_metrics, say
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -50,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise ValueError("give a CHECKPOINT, or --detections RESULTS.json with --data")
     device = engine.resolve_device(args.device)
-    model, config, class_names = load_model(args.checkpoint, device, args.set)
+    checkpoint = read_checkpoint(args.checkpoint)
+    config = run_config(checkpoint, args.set)
+    model = FasterRCNN.load(checkpoint, device, config.model)
+    class_names = list(model.class_names)
     data = config.data
     if args.data:
         data = replace(data, val=args.data)

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import engine
+from ..atomic import write_text_atomic
 from ..config import BACKBONES, RunConfig, TrainConfig, default_config
 from ..data import SPEC_HELP, DetectionDataset, DetectionTransform, collate, open_dataset
 from ..data.report import data_report, summary
-from ..pretrained import init_weights, read_checkpoint
+from ..pretrained import read_checkpoint
+from ..weights import init_weights
 from .common import (
     CONFIG_NAME,
     HelpFormatter,
@@ -107,15 +109,17 @@ def run(args: argparse.Namespace) -> int:
                 say(f"initialised from {args.init}: {report.summary()}")
         if context.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / CONFIG_NAME).write_text(config.to_yaml())
+            write_text_atomic(out / CONFIG_NAME, config.to_yaml())
             say(f"training on {config.data.train} ({len(train_set)} images, {len(train_set.class_names)} classes) "
                  f"on {device}" + (f" x {context.world_size} processes" if context.distributed else "")
                  + f"; writing to {out}")
+        callbacks = engine.build_callbacks(config.train, val_set, eval_transform,
+                                           main_process=context.is_main)
         trainer = engine.Trainer(
             model, train_set.with_transform(DetectionTransform(config.model.preprocess, config.data.flip_prob)),
             _collate_for(config), config.train, out, device=device, context=context,
             metadata={"config": config.to_dict(), "class_names": list(train_set.class_names)},
-            val_dataset=val_set, val_transform=eval_transform)
+            callbacks=callbacks)
         try:
             result = trainer.run(resume=args.resume)
         except engine.TrainingInterrupted as stopped:

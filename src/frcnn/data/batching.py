@@ -1,15 +1,16 @@
-"""Batches of transformed items: zero-padded images, padded ground truth, and the loader."""
+"""Batches of transformed items: zero-padded images, padded ground truth, batches of one
+orientation each (the one aspect-ratio batcher), and the loader."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from .dataset import DetectionDataset, Target, Transform
 
@@ -89,35 +90,55 @@ def _pad_rows(rows: Sequence[Tensor], width: int) -> tuple[Tensor, Tensor]:
     return padded, counts
 
 
+def orientations(aspect_ratios: Iterable[float]) -> list[int]:
+    """The batching group of each image: 1 landscape (width / height >= 1), 0 portrait."""
+    return [int(ratio >= 1.0) for ratio in aspect_ratios]
+
+
+def orientation_groups(dataset: Dataset) -> list[int]:
+    """``orientations`` of a dataset's images; one group (all 0) for a dataset that cannot tell
+    (no ``aspect_ratios``)."""
+    if hasattr(dataset, "aspect_ratios"):
+        return orientations(dataset.aspect_ratios())
+    return [0] * len(dataset)
+
+
+def grouped_batches(indices: Iterable[int], groups: Sequence[int], batch_size: int,
+                    keep_partial: bool = False) -> Iterator[list[int]]:
+    """Cut ``indices``, in their order, into batches of ``batch_size`` indices of one group each
+    (``groups[index]``, e.g. ``orientations``, so that a batch pads little). A batch is yielded
+    as soon as it is full, so ``indices`` may be endless; when they end, the unfilled batches
+    follow in the order they were started if ``keep_partial``."""
+    pending: dict[int, list[int]] = {}
+    for index in indices:
+        batch = pending.setdefault(groups[index], [])
+        batch.append(index)
+        if len(batch) == batch_size:
+            yield pending.pop(groups[index])
+    if keep_partial:
+        yield from pending.values()
+
+
 class AspectRatioBatchSampler(Sampler[list[int]]):
     """Batches whose images are all landscape (width >= height) or all portrait, so padding
-    wastes little. Indices come from ``sampler`` in its order; each group's last, short batch is
-    yielded at the end unless ``drop_last``. ``sampler`` must visit every index once per epoch.
+    wastes little (``grouped_batches`` of ``orientations``). Indices come from ``sampler`` in its
+    order; each group's last, short batch is yielded at the end unless ``drop_last``.
+    ``sampler`` must visit every index once per epoch.
     """
 
-    def __init__(self, sampler: Sampler[int], aspect_ratios: np.ndarray, batch_size: int,
+    def __init__(self, sampler: Iterable[int], aspect_ratios: Sequence[float], batch_size: int,
                  drop_last: bool = False) -> None:
         self.sampler = sampler
-        self.landscape = np.asarray(aspect_ratios) >= 1.0
+        self.groups = orientations(aspect_ratios)
         self.batch_size = batch_size
         self.drop_last = drop_last
 
     def __iter__(self) -> Iterator[list[int]]:
-        pending: dict[bool, list[int]] = {True: [], False: []}
-        for index in self.sampler:
-            group = pending[bool(self.landscape[index])]
-            group.append(index)
-            if len(group) == self.batch_size:
-                yield group.copy()
-                group.clear()
-        for group in pending.values():
-            if group and not self.drop_last:
-                yield group
+        return grouped_batches(self.sampler, self.groups, self.batch_size, keep_partial=not self.drop_last)
 
     def __len__(self) -> int:
-        sizes = (int(self.landscape.sum()), int((~self.landscape).sum()))
         rounding = math.floor if self.drop_last else math.ceil
-        return sum(rounding(size / self.batch_size) for size in sizes)
+        return sum(rounding(size / self.batch_size) for size in Counter(self.groups).values())
 
 
 def build_loader(

@@ -8,8 +8,6 @@ medium below 96², large from 96² pixels.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -18,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..config import SyntheticConfig
 from ..preprocess import resize_factor
 from .annotations import DatasetWarning, Problem, ReadOptions
@@ -254,18 +253,7 @@ def plot_labels(report_or_dataset: DataReport | DetectionDataset, path: str | Pa
             sizes_axis.annotate(name, (edge, edge), xytext=(4, 4), textcoords="offset points", fontsize=8, color="0.35")
         sizes_axis.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high), aspect="equal")
     sizes_axis.set(xlabel="box width (px)", ylabel="box height (px)", title="box sizes (original pixels)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            canvas.print_png(file)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, canvas.print_png)
 
 
 def check_data(spec: str, split: str, options: ReadOptions = ReadOptions(),

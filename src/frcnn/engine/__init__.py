@@ -1,4 +1,6 @@
 """Training and evaluation: the loops, callbacks, checkpoints and schedules."""
+from ..checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from .callback import Callback, Evaluation, Forward, RunView
 from .callbacks import (
                         BestCheckpoint,
                         EarlyStopping,
@@ -6,14 +8,13 @@ from .callbacks import (
                         PeriodicCheckpoint,
                         ProgressBar,
                         TensorBoard,
+                        build_callbacks,
                         read_log,
-                        standard_callbacks,
 )
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic, seed_everything
 from .distributed import DistContext, barrier, init_distributed, resolve_device, shutdown_distributed
-from .hooks import Callback
-from .inference import HEADLINE, Predictions, evaluate, json_safe, predict
+from .eval_loop import HEADLINE, Predictions, evaluate, json_safe, predict
 from .results import RESULTS_COLUMNS, read_results
+from .rng import seed_everything
 from .run_folder import (
                         BEST_NAME,
                         CHECKPOINT_NAME,
@@ -22,22 +23,29 @@ from .run_folder import (
                         LOSS_PLOT_NAME,
                         METRICS_NAME,
                         RESULTS_NAME,
-                        ResultsTable,
-                        RunPictures,
 )
+from .run_reports import ResultsTable, RunPictures
 from .sampler import IterationBatchSampler, SeededItems
 from .schedule import Budget, Progress, build_optimizer, lr_factor
-from .trainer import NonFiniteLossError, Trainer, TrainingError, TrainingInterrupted, TrainResult, detector_losses
-from .validation import Evaluation, Evaluator, training_state_kept, validation_losses
+from .trainer import (
+                        NonFiniteLossError,
+                        Trainer,
+                        TrainerView,
+                        TrainingError,
+                        TrainingInterrupted,
+                        TrainResult,
+                        detector_losses,
+)
+from .validation import Evaluator, training_state_kept, validation_losses
 
 __all__ = [
-    "BEST_NAME", "BestCheckpoint", "Budget", "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "Callback",
-    "DistContext", "EarlyStopping", "Evaluation", "Evaluator", "FINAL_NAME", "HEADLINE", "IterationBatchSampler",
-    "JsonLog", "LOG_NAME", "LOSS_PLOT_NAME", "METRICS_NAME", "NonFiniteLossError", "PeriodicCheckpoint",
-    "Predictions", "Progress", "ProgressBar", "RESULTS_COLUMNS", "RESULTS_NAME", "ResultsTable",
-    "RunPictures", "SeededItems", "TensorBoard", "TrainResult", "Trainer", "TrainingError",
-    "TrainingInterrupted", "barrier", "build_optimizer", "detector_losses", "evaluate",
-    "init_distributed", "json_safe", "load_checkpoint", "lr_factor", "predict", "read_log", "read_results",
-    "resolve_device", "save_atomic", "seed_everything", "shutdown_distributed", "standard_callbacks",
-    "training_state_kept", "validation_losses",
+    "BEST_NAME", "BestCheckpoint", "Budget", "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "Callback", "CheckpointError",
+    "DistContext", "EarlyStopping", "Evaluation", "Evaluator", "FINAL_NAME", "Forward", "HEADLINE",
+    "IterationBatchSampler", "JsonLog", "LOG_NAME", "LOSS_PLOT_NAME", "METRICS_NAME", "NonFiniteLossError",
+    "PeriodicCheckpoint", "Predictions", "Progress", "ProgressBar", "RESULTS_COLUMNS", "RESULTS_NAME",
+    "ResultsTable", "RunPictures", "RunView", "SeededItems", "TensorBoard",
+    "TrainResult", "Trainer", "TrainerView", "TrainingError", "TrainingInterrupted",
+    "barrier", "build_callbacks", "build_optimizer", "detector_losses", "evaluate", "init_distributed",
+    "json_safe", "load_checkpoint", "lr_factor", "predict", "read_log", "read_results", "resolve_device",
+    "save_checkpoint", "seed_everything", "shutdown_distributed", "training_state_kept", "validation_losses",
 ]

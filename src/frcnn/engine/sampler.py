@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from itertools import chain, count, islice
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+
+from ..data.batching import grouped_batches
 
 _SEED_MIX = 1_000_003
 
@@ -46,18 +49,12 @@ class IterationBatchSampler:
         self._batches: list[list[int]] = []
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The batches of an epoch, enough for every rank's iterations."""
+        """The batches of an epoch, enough for every rank's iterations: ``grouped_batches`` of
+        permutations drawn one after another from the epoch's generator."""
         generator = torch.Generator().manual_seed(self.seed * _SEED_MIX + epoch)
-        needed = self.iterations_per_epoch * self.world_size
-        pending: dict[int, list[int]] = {}
-        batches: list[list[int]] = []
-        while len(batches) < needed:
-            for index in torch.randperm(len(self.groups), generator=generator).tolist():
-                group = pending.setdefault(self.groups[index], [])
-                group.append(index)
-                if len(group) == self.batch_size:
-                    batches.append(pending.pop(self.groups[index]))
-        return batches[:needed]
+        permutations = (torch.randperm(len(self.groups), generator=generator).tolist() for _ in count())
+        batches = grouped_batches(chain.from_iterable(permutations), self.groups, self.batch_size)
+        return list(islice(batches, self.iterations_per_epoch * self.world_size))
 
     def batch(self, iteration: int) -> list[tuple[int, int]]:
         """The (index, item seed) keys of this rank's batch at ``iteration``."""

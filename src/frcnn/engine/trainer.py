@@ -1,5 +1,6 @@
 """The training loop: budgeted, checkpointed, resumable, stoppable by a signal, optionally
-distributed; everything it reports (log, progress bar, evaluations, pictures) is a callback.
+distributed; everything it reports (log, progress bar, evaluations, pictures) is a callback,
+which the caller chooses (``callbacks.build_callbacks`` assembles those of ``frcnn train``).
 
 A run is budgeted by iterations (``max_iters`` / ``epochs``), by wall-clock time (``max_minutes``)
 or both; the learning rate follows the fraction of that budget used, so a time-budgeted run ends
@@ -16,30 +17,26 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from ..config import TrainConfig
-from ..data import Batch, DetectionDataset, DetectionTransform
-from .callbacks import standard_callbacks
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_atomic, seed_everything, set_rng_state
+from ..data import Batch
+from ..data.batching import orientation_groups
+from .callback import Callback, Evaluation, Forward
 from .distributed import DistContext, all_gather_objects, average, barrier, broadcast_code
-from .hooks import Callback
+from .rng import rng_state, seed_everything, set_rng_state
 from .run_folder import CHECKPOINT_NAME, FINAL_NAME
 from .sampler import IterationBatchSampler, SeededItems
 from .schedule import Budget, Progress, build_optimizer, lr_factor
 
-if TYPE_CHECKING:
-    from .validation import Evaluation
-
 # Why the loop stops: go on, the budget or a callback ended the run; a signal number otherwise.
 _GO_ON, _FINISH = 0, -1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-Forward = Callable[[nn.Module, Any], Mapping[str, Tensor]]
 
 
 class TrainingError(RuntimeError):
@@ -106,13 +103,6 @@ class LossMeter:
         return means
 
 
-def _orientation_groups(dataset: Dataset) -> list[int]:
-    """1 for a landscape image, 0 for a portrait one (all 0 for a dataset that cannot tell)."""
-    if hasattr(dataset, "aspect_ratios"):
-        return [int(ratio >= 1.0) for ratio in dataset.aspect_ratios()]
-    return [0] * len(dataset)
-
-
 def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
     """A name per callback for its state in the checkpoint: its class name, numbered from the
     second of a class on."""
@@ -130,24 +120,17 @@ class Trainer:
 
     ``forward(model, batch)`` returns the dict of scalar losses whose sum is minimised (the
     detector's training call by default). ``metadata`` (config, class names) goes into every
-    checkpoint. ``val_dataset`` (untransformed) and ``val_transform``: the validation during
-    training (``TrainConfig.eval_*``). ``callbacks``: what the run reports and decides besides
-    training (default ``standard_callbacks``); the list ``trainer.callbacks`` may be changed
-    before ``run``. Call ``seed_everything(config.seed)`` before making the model, so that its
-    initial weights follow the seed too.
-
-    What callbacks see: ``config``, ``out_dir``, ``model`` (never the distributed wrapper),
-    ``dataset``, ``device``, ``context``, ``progress``, ``budget``, ``resumed``, ``epoch``,
-    ``step_seconds`` (of the last step), ``last_evaluation``, ``final_evaluation`` (set at the end
-    by the ``Evaluator``); ``stop(reason)`` ends the run after the current step as a normal run ends.
+    checkpoint. ``callbacks``: what the run reports and decides besides training, called in
+    their order with the run's ``view`` (``callbacks.build_callbacks`` gives those of ``frcnn
+    train``; none by default); the list ``trainer.callbacks`` may be changed before ``run``.
+    Call ``seed_everything(config.seed)`` before making the model, so that its initial weights
+    follow the seed too.
     """
 
     def __init__(self, model: nn.Module, dataset: Dataset, collate_fn: Callable, config: TrainConfig,
                  out_dir: str | Path, *, metadata: Mapping[str, Any], device: torch.device,
                  forward: Forward = detector_losses, context: DistContext | None = None,
-                 progress_bar: bool = True, val_dataset: DetectionDataset | None = None,
-                 val_transform: DetectionTransform | None = None,
-                 callbacks: Sequence[Callback] | None = None) -> None:
+                 callbacks: Sequence[Callback] = ()) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
@@ -161,11 +144,11 @@ class Trainer:
         self.use_amp = config.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
         self.progress = Progress()
-        self.sampler = IterationBatchSampler(_orientation_groups(dataset), config.batch_size, config.seed,
+        self.sampler = IterationBatchSampler(orientation_groups(dataset), config.batch_size, config.seed,
                                              self.context.rank, self.context.world_size)
         self.budget = Budget(config.iteration_budget(self.sampler.iterations_per_epoch), config.max_seconds)
-        self.callbacks = list(callbacks) if callbacks is not None else standard_callbacks(
-            config, val_dataset, val_transform, progress_bar, self.context.is_main)
+        self.callbacks = list(callbacks)
+        self.view = TrainerView(self)
         self.meter = LossMeter()
         self.step_seconds = 0.0
         self.resumed = False
@@ -193,9 +176,9 @@ class Trainer:
         self.stop_reason = reason
 
     def fire(self, hook: str, *args: Any) -> None:
-        """Call ``hook`` of every callback, in order, with this trainer and ``args``."""
+        """Call ``hook`` of every callback, in order, with the run's view and ``args``."""
         for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
+            getattr(callback, hook)(self.view, *args)
 
     def report_evaluation(self, evaluation: Evaluation) -> None:
         """Keep ``evaluation`` as the latest and pass it to every callback's ``on_evaluation``."""
@@ -216,9 +199,9 @@ class Trainer:
         if self.context.is_main:
             states = {key: callback.state_dict()
                       for key, callback in zip(_callback_keys(self.callbacks), self.callbacks)}
-            save_atomic(self.payload(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                                     rng=rng_states, meter=asdict(self.meter), callbacks=states),
-                        self.checkpoint_path)
+            save_checkpoint(self.payload(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                                         rng=rng_states, meter=asdict(self.meter), callbacks=states),
+                            self.checkpoint_path)
             self.fire("on_checkpoint", self.checkpoint_path)
         barrier(self.context)
         return self.checkpoint_path
@@ -286,7 +269,7 @@ class Trainer:
             if self.meter.steps:
                 self._log()
             if self.context.is_main:
-                save_atomic(self.payload(), self.out_dir / FINAL_NAME)
+                save_checkpoint(self.payload(), self.out_dir / FINAL_NAME)
             self.fire("on_train_end")
             self.save_checkpoint()
         finally:
@@ -379,3 +362,45 @@ class Trainer:
         record = {"iter": self.progress.iteration, "epoch": round(self.epoch, 4),
                   "elapsed_s": round(self.progress.elapsed_s, 2), **self.meter.flush()}
         self.fire("on_log", record)
+
+
+class TrainerView:
+    """The ``RunView`` of a ``Trainer``: what its callbacks see, read only, and what they may ask."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+
+    config = property(lambda self: self._trainer.config)
+    out_dir = property(lambda self: self._trainer.out_dir)
+    model = property(lambda self: self._trainer.model)
+    dataset = property(lambda self: self._trainer.dataset)
+    forward = property(lambda self: self._trainer.forward)
+    device = property(lambda self: self._trainer.device)
+    is_main = property(lambda self: self._trainer.context.is_main)
+    world_size = property(lambda self: self._trainer.context.world_size)
+    iteration = property(lambda self: self._trainer.progress.iteration)
+    elapsed_s = property(lambda self: self._trainer.progress.elapsed_s)
+    epoch = property(lambda self: self._trainer.epoch)
+    iterations_per_epoch = property(lambda self: self._trainer.sampler.iterations_per_epoch)
+    max_iters = property(lambda self: self._trainer.budget.max_iters)
+    budget_spent = property(lambda self: self._trainer.budget.exhausted(self._trainer.progress))
+    step_seconds = property(lambda self: self._trainer.step_seconds)
+    resumed = property(lambda self: self._trainer.resumed)
+    interrupted = property(lambda self: self._trainer.interrupted)
+    last_evaluation = property(lambda self: self._trainer.last_evaluation)
+    final_evaluation = property(lambda self: self._trainer.final_evaluation)
+
+    def stop(self, reason: str) -> None:
+        self._trainer.stop(reason)
+
+    def save_checkpoint(self) -> Path:
+        return self._trainer.save_checkpoint()
+
+    def checkpoint_payload(self, **extra: Any) -> dict[str, Any]:
+        return self._trainer.payload(**extra)
+
+    def report_evaluation(self, evaluation: Evaluation) -> None:
+        self._trainer.report_evaluation(evaluation)
+
+    def report_final_evaluation(self, evaluation: Evaluation) -> None:
+        self._trainer.final_evaluation = evaluation

@@ -4,40 +4,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import METRIC_COLUMNS, VALIDATION_COLUMNS, TrainConfig
+from ..config import METRIC_COLUMNS, TrainConfig
 from ..data import DetectionDataset, DetectionTransform, build_loader
-from .checkpoint import rng_state, set_rng_state
-from .hooks import Callback
-from .inference import Predictions, predict, prediction_metrics
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One evaluation during training: its results.csv ``row`` (empty for the final evaluation of
-    the whole split), every metric of ``frcnn eval`` (``metrics``), the ``predictions`` on
-    ``dataset`` (the images evaluated) and how long it took."""
-
-    iteration: int
-    row: dict[str, float]
-    metrics: dict[str, float]
-    predictions: Predictions
-    dataset: DetectionDataset
-    seconds: float
-
-    def validation_values(self) -> dict[str, float]:
-        """The row's validation losses and metrics."""
-        return {key: self.row[key] for key in self.row if key in VALIDATION_COLUMNS}
+from .callback import Callback, Evaluation, Forward, RunView
+from .eval_loop import Predictions, predict, prediction_metrics
+from .rng import rng_state, set_rng_state
 
 
 @contextmanager
@@ -60,7 +39,7 @@ def training_state_kept(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def validation_losses(model: nn.Module, dataset: DetectionDataset, transform: DetectionTransform,
-                      forward: Callable[[nn.Module, Any], Mapping[str, torch.Tensor]], device: torch.device,
+                      forward: Forward, device: torch.device,
                       batch_size: int, seed: int) -> dict[str, float]:
     """The training losses of ``model`` on ``dataset``, with gradients off: ``val_loss`` (their
     sum) and ``val_<name>`` for each, averaged over images. The model runs in training mode
@@ -86,7 +65,7 @@ class Evaluator(Callback):
     ``train.eval_every`` iterations (default: once per epoch) and, with a time budget, at least
     every ``train.eval_minutes`` of training; then once at the end unless the last evaluation
     was at the last iteration. Each evaluation (``Evaluation``) goes to every callback's
-    ``on_evaluation``. At the end, ``trainer.final_evaluation`` is the evaluation of the final
+    ``on_evaluation``. At the end, the run's ``final_evaluation`` is the evaluation of the final
     weights on the whole split (the last one, when it was on the whole split). The training run
     is left as it was (``training_state_kept``). Rank 0 only: the other ranks wait at their next
     collective."""
@@ -104,72 +83,70 @@ class Evaluator(Callback):
         self.steps = 0
         self.lr = math.nan
 
-    def due(self, trainer: Trainer) -> bool:
+    def due(self, run: RunView) -> bool:
         """Whether an evaluation is due now (never at the last step: the final one follows)."""
-        progress = trainer.progress
-        if progress.iteration == self.last_iteration or trainer.budget.exhausted(progress):
+        if run.iteration == self.last_iteration or run.budget_spent:
             return False
-        every = self.every or trainer.sampler.iterations_per_epoch
-        late = self.seconds is not None and progress.elapsed_s - self.last_elapsed >= self.seconds
-        return progress.iteration - self.last_iteration >= every or late
+        every = self.every or run.iterations_per_epoch
+        late = self.seconds is not None and run.elapsed_s - self.last_elapsed >= self.seconds
+        return run.iteration - self.last_iteration >= every or late
 
-    def on_step_start(self, trainer: Trainer, batch: Any) -> None:
-        if self.due(trainer):  # resumed from a run that a signal stopped before this evaluation
-            self.evaluate(trainer)
+    def on_step_start(self, run: RunView, batch: Any) -> None:
+        if self.due(run):  # resumed from a run that a signal stopped before this evaluation
+            self.evaluate(run)
 
-    def on_step_end(self, trainer: Trainer, losses: Mapping[str, float]) -> None:
+    def on_step_end(self, run: RunView, losses: Mapping[str, float]) -> None:
         for key, value in losses.items():
             if key != "lr":
                 self.loss_sums[key] = self.loss_sums.get(key, 0.0) + value
         self.steps += 1
         self.lr = losses["lr"]
-        if not trainer.interrupted and self.due(trainer):
-            self.evaluate(trainer)
+        if not run.interrupted and self.due(run):
+            self.evaluate(run)
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, run: RunView) -> None:
         whole = None
         if len(self.dataset) < len(self.whole):
             started = time.perf_counter()
-            predictions = self._predict(trainer, self.whole)
+            predictions = self._predict(run, self.whole)
             whole = Evaluation(
-                trainer.progress.iteration,
+                run.iteration,
                 {},
-                prediction_metrics(trainer.model, self.whole, predictions),
+                prediction_metrics(run.model, self.whole, predictions),
                 predictions,
                 self.whole,
                 time.perf_counter() - started,
             )
-        latest = trainer.last_evaluation
-        if latest is None or latest.iteration != trainer.progress.iteration:
+        latest = run.last_evaluation
+        if latest is None or latest.iteration != run.iteration:
             count = len(self.dataset)
-            self.evaluate(trainer, None if whole is None else Predictions(
+            self.evaluate(run, None if whole is None else Predictions(
                 whole.predictions.detections[:count], whole.predictions.proposals[:count]))
-        trainer.final_evaluation = whole or trainer.last_evaluation
+        run.report_final_evaluation(whole or run.last_evaluation)
 
-    def _predict(self, trainer: Trainer, dataset: DetectionDataset) -> Predictions:
-        with training_state_kept(trainer.model):
-            return predict(trainer.model, dataset, self.transform, trainer.device, trainer.config.eval_batch_size,
+    def _predict(self, run: RunView, dataset: DetectionDataset) -> Predictions:
+        with training_state_kept(run.model):
+            return predict(run.model, dataset, self.transform, run.device, run.config.eval_batch_size,
                            proposals=True)
 
-    def evaluate(self, trainer: Trainer, predictions: Predictions | None = None) -> Evaluation:
+    def evaluate(self, run: RunView, predictions: Predictions | None = None) -> Evaluation:
         """Evaluate now (from ``predictions`` on ``self.dataset`` when given), report it to the
         callbacks, and start the next row's loss means."""
         started = time.perf_counter()
-        model, config = trainer.model, trainer.config
-        predictions = predictions or self._predict(trainer, self.dataset)
+        model, config = run.model, run.config
+        predictions = predictions or self._predict(run, self.dataset)
         metrics = prediction_metrics(model, self.dataset, predictions)
         with training_state_kept(model):
-            losses = validation_losses(model, self.dataset, self.transform, trainer.forward, trainer.device,
+            losses = validation_losses(model, self.dataset, self.transform, run.forward, run.device,
                                        config.eval_batch_size, config.seed)
-        progress = trainer.progress
         means = {key: total / self.steps for key, total in self.loss_sums.items()} if self.steps else {}
-        row = {"iter": progress.iteration, "epoch": round(trainer.epoch, 4), "elapsed_s": round(progress.elapsed_s, 2),
+        row = {"iter": run.iteration, "epoch": round(run.epoch, 4), "elapsed_s": round(run.elapsed_s, 2),
                "lr": self.lr, **means, **losses, **{name: metrics.get(name, math.nan) for name in METRIC_COLUMNS}}
-        evaluation = Evaluation(progress.iteration, row, metrics, predictions, self.dataset,
+        evaluation = Evaluation(run.iteration, row, metrics, predictions, self.dataset,
                                 time.perf_counter() - started)
-        self.last_iteration, self.last_elapsed = progress.iteration, progress.elapsed_s
+        self.last_iteration, self.last_elapsed = run.iteration, run.elapsed_s
         self.loss_sums, self.steps = {}, 0
-        trainer.report_evaluation(evaluation)
+        run.report_evaluation(evaluation)
         return evaluation
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Pictures of images, drawn with PIL: detections, the anchor target layer on an image, and
-mosaics of a batch with its boxes (charts are in ``frcnn.plots``).
+mosaics of a batch with its boxes (charts are in ``frcnn.charts``).
 
 Images are uint8 tensors (3, H, W); boxes are (x1, y1, x2, y2) in that image's pixels.
 """
@@ -14,7 +14,7 @@ from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor, resize, to_pil_image
 from torchvision.utils import draw_bounding_boxes
 
-from .atomic import replacing
+from .atomic import write_atomic
 from .data.images import read_rgb
 
 # Distinct colours for classes (cycled), in pictures and charts.
@@ -33,11 +33,9 @@ def font(size: int = 14) -> ImageFont.ImageFont:
 
 
 def save_png(image: Tensor, path: str | Path) -> Path:
-    """Write a uint8 image (3, H, W) as PNG, creating the folder: to a temporary file beside
-    ``path``, then renamed over it."""
-    with replacing(path) as temporary:
-        to_pil_image(image.cpu()).save(temporary, format="PNG")
-    return Path(path)
+    """Write a uint8 image (3, H, W) as PNG, atomically (its folder created)."""
+    picture = to_pil_image(image.cpu())
+    return write_atomic(path, lambda handle: picture.save(handle, format="PNG"))
 
 
 def load_image(path: str | Path) -> Tensor:

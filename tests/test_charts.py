@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from frcnn.charts import PLOT_NAMES, plot_evaluation, plot_results, pr_figure
 from frcnn.data import ImageAnnotation
 from frcnn.data.annotations import box_areas
 from frcnn.data.dataset import DetectionDataset
 from frcnn.evaluation import detections_per_image, evaluate_detections, voc_pr_curves
 from frcnn.evaluation.confusion import confusion_matrix, match_one_to_one
 from frcnn.evaluation.curves import f1_curves
-from frcnn.plots import PLOT_NAMES, plot_evaluation, plot_results, pr_figure
 
 CLASSES = ("cat", "dog", "fox")
 

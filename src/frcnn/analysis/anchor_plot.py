@@ -2,35 +2,33 @@
 and the boxes' width-height scatter with the anchor shapes drawn over it."""
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..atomic import save_figure_atomic
 from ..config import ModelConfig
-from .anchor_fit import COVERED, LOW_QUALITY_ONLY, SIZE_LIMITS, UNMATCHED
+from .anchor_fit import COVERED, LOW_QUALITY_ONLY, SIZE_LIMITS, UNMATCHED, GtFit
+from .anchor_search import Suggestion
 from .geometry import base_anchors
-
-if TYPE_CHECKING:
-    from .report import AnchorReport
+from .ground_truth import GroundTruth
 
 SCATTER_POINTS = 4000
 
 
-def plot_anchor_fit(report: AnchorReport, model: ModelConfig, path: str | Path) -> Path:
-    """Draw ``report`` for ``model`` (whose anchors are the current ones) into the PNG ``path``,
-    atomically."""
+def plot_anchor_fit(gt: GroundTruth, current: GtFit, suggested: Suggestion | None, strides: Sequence[int],
+                    model: ModelConfig, path: str | Path) -> Path:
+    """Draw the fit of ``model``'s anchors (the current ones, ``current`` on ``gt``) and of the
+    ``suggested`` ones, on feature maps of ``strides``, into the PNG ``path``, atomically."""
     figure = Figure(figsize=(13, 8.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
     grid = figure.add_gridspec(2, len(SIZE_LIMITS), height_ratios=(1, 1.3))
-    gt, threshold = report.gt, model.rpn.targets.positive_overlap
+    threshold = model.rpn.targets.positive_overlap
     size_rank = torch.bucketize(gt.areas, torch.tensor([limit for _, limit in SIZE_LIMITS[:-1]],
                                                        dtype=torch.float64), right=True)
-    suggested = report.suggestion
     for rank, (name, _) in enumerate(SIZE_LIMITS):
         axes = figure.add_subplot(grid[0, rank])
         mask = size_rank == rank
@@ -39,7 +37,7 @@ def plot_anchor_fit(report: AnchorReport, model: ModelConfig, path: str | Path) 
             axes.text(0.5, 0.5, "no gt boxes of this size", ha="center", va="center", transform=axes.transAxes)
             axes.set_axis_off()
             continue
-        series = [("current", report.current, "tab:red")]
+        series = [("current", current, "tab:red")]
         if suggested is not None and suggested.anchors != model.anchors:
             series.append(("suggested", suggested.fit, "tab:blue"))
         for label, fit, colour in series:
@@ -56,7 +54,7 @@ def plot_anchor_fit(report: AnchorReport, model: ModelConfig, path: str | Path) 
     axes = figure.add_subplot(grid[1, :])
     widths, heights = (gt.boxes[:, 2] - gt.boxes[:, 0]), (gt.boxes[:, 3] - gt.boxes[:, 1])
     shown = torch.randperm(len(gt), generator=torch.Generator().manual_seed(0))[:SCATTER_POINTS]
-    status = report.current.status[shown]
+    status = current.status[shown]
     # Covered last, on top: they are the few.
     for code, label, colour in (
         (UNMATCHED, "unmatched", "tab:gray"),
@@ -70,7 +68,7 @@ def plot_anchor_fit(report: AnchorReport, model: ModelConfig, path: str | Path) 
     if suggested is not None and suggested.anchors != model.anchors:
         anchor_sets.append(("suggested anchors", suggested.anchors, "tab:blue", "+"))
     for label, anchors, colour, marker in anchor_sets:
-        shapes = torch.cat(base_anchors(anchors, report.strides))
+        shapes = torch.cat(base_anchors(anchors, tuple(strides)))
         axes.scatter((shapes[:, 2] - shapes[:, 0]).numpy(), (shapes[:, 3] - shapes[:, 1]).numpy(), s=90,
                      marker=marker, color=colour, linewidths=2.2, label=label)
     axes.set_xscale("log")
@@ -78,29 +76,11 @@ def plot_anchor_fit(report: AnchorReport, model: ModelConfig, path: str | Path) 
     axes.set_xlabel("width after the resize (px)")
     axes.set_ylabel("height after the resize (px)")
     axes.set_title(f"gt shapes ({min(len(gt), SCATTER_POINTS)} shown) and anchor shapes "
-                   f"(strides {', '.join(map(str, report.strides))})")
+                   f"(strides {', '.join(map(str, strides))})")
     legend = axes.legend(loc="upper left", fontsize=9)
     for handle in legend.legend_handles:
         handle.set_alpha(1.0)
     for handle in legend.legend_handles[:3]:  # the gt points, drawn tiny
         handle.set_sizes([30])
     axes.grid(True, which="both", alpha=0.25)
-    return _save(figure, Path(path))
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    return write_atomically(path, lambda temporary: FigureCanvasAgg(figure).print_png(temporary))
-
-
-def write_atomically(path: Path, write: Callable[[str], object]) -> Path:
-    """Have ``write(temporary_path)`` write the file, then move it to ``path`` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
+    return save_figure_atomic(figure, path)

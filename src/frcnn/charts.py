@@ -14,13 +14,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .atomic import replacing
+from .atomic import save_figure_atomic
 from .data.dataset import DetectionDataset
+from .draw import PALETTE
 from .evaluation.confusion import confusion_matrix, normalize_rows
 from .evaluation.curves import RECALL_LEVELS, F1Curves, f1_curves, mean_precision, precision_envelope
 from .evaluation.detections import Detections, detections_per_image
 from .evaluation.voc import VocCurve, voc_metrics, voc_pr_curves
-from .viz import PALETTE
 
 PR_CURVE_NAME = "PR_curve.png"
 F1_CURVE_NAME = "F1_curve.png"
@@ -39,10 +39,8 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Write ``figure`` as a PNG: to a temporary file beside ``path``, then renamed over it."""
-    with replacing(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=DPI, facecolor="white")
-    return Path(path)
+    """Write ``figure`` as a PNG on white, atomically."""
+    return save_figure_atomic(figure, path, dpi=DPI, facecolor="white")
 
 
 def _finite(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
