@@ -201,6 +201,29 @@ def test_a_fully_trained_checkpoint_exports_with_the_same_detections(tmp_path) -
     assert parity.ok and parity.detections > 0, parity.describe()
 
 
+def test_the_other_resize_rules_and_the_image_stride_rule_export(workdir) -> None:
+    """Floored sides, no antialiasing, per-axis box rescale and torchvision's image stride rule, on
+    an untrained model whose every score passes, unpadded (odd
+    strides): onnxruntime's detections equal predict's at sizes
+    the trace never saw."""
+    torch.manual_seed(0)
+    small = FasterRCNN(2, "small")
+    config = small.config
+    config = replace(config, preprocess=replace(config.preprocess, min_size=64, max_size=100, resize_rounding="floor",
+                                                antialias=False, box_rescale="per_axis",
+                                                size_divisible=1),
+                     anchors=replace(config.anchors, stride_rule="image"),
+                     test=replace(config.test, score_threshold=0.0, detections_per_image=30))
+    model = FasterRCNN(2, config=config).eval()
+    model.load_state_dict(small.state_dict())
+    detector = OnnxDetector(export_onnx(model, workdir / "rules.onnx"), threads=1)
+    for size in ((70, 97), (45, 130)):
+        batch = images_of(size, 2, seed=size[1])
+        found = detector.predict(batch)
+        assert sum(len(f["scores"]) for f in found) > 30
+        assert_same(model.predict(batch), found)
+
+
 def test_find_images_takes_files_folders_and_globs(workdir: Path) -> None:
     folder = workdir / "found"
     (folder / "deep").mkdir(parents=True)
