@@ -45,7 +45,8 @@ class FasterRCNN(nn.Module):
     Eval mode: ``model(images, im_info, orig_sizes=None)`` returns one dict per image with
     ``boxes`` (n, 4) in original image coordinates, ``scores`` (n,) and ``labels`` (n,).
     ``propose(images, im_info)`` returns the RPN's proposals per image; ``predict(images)`` runs
-    the model, with its own preprocessing, on plain images.
+    the model, with its own preprocessing, on plain images; ``predict_padded(images)`` is the same
+    inference for a batch of one size as one traceable function (the ONNX export's graph).
 
     images (B, 3, H, W) normalised and zero-padded; im_info (B, 3) rows (height, width, scale) of
     each image's valid region; gt_boxes (B, K, 5) rows (x1, y1, x2, y2, label) in resized

@@ -4,6 +4,11 @@
 (3, H, W) float tensor in [0, 1]; ``preprocess_images`` normalises, resizes and pads a list of them
 into the batch the detector takes; ``box_scale`` gives the factors that take boxes in the resized
 image back to the original pixels.
+
+Each rule has one home here, shared by training (``data.transforms``), ``FasterRCNN.predict`` and
+the ONNX export, and written with tensor ops so that a trace keeps sizes as graph values: the
+resized size (``resized_sizes``, ``resized_size`` for one image), the resize itself
+(``resize_normalized``), the padded size (``padded_size``) and the box scale (``box_scale``).
 """
 from __future__ import annotations
 
