@@ -1,11 +1,14 @@
 """Proposal target layer, RoI pooling, Fast R-CNN losses and detection post-processing."""
+
 import pytest
 import torch
 import torchvision
 
 from frcnn.boxes import box_iou, decode_boxes
 from frcnn.config import HeadConfig, InferenceConfig, RoISamplingConfig
-from frcnn.roi import RoIPooler, RoISample, dense_roi_align, detect, fast_rcnn_losses, fpn_levels, sample_rois
+from frcnn.detection import detect_boxes, unpad
+from frcnn.roi import RoIPooler, RoISample, fast_rcnn_losses, fpn_levels, sample_rois
+from frcnn.roi_align import dense_roi_align
 from frcnn.rpn import Proposals
 
 
@@ -62,6 +65,39 @@ def test_sample_counts_and_iou_ranges(batch):
         assert len(torch.unique(chosen, dim=0)) == len(chosen)  # without replacement
     assert (sample.matched_gt[~fg] == -1).all()
     assert (sample.bbox_targets[~fg] == 0).all()
+
+
+def plain_iou(a: list[float], b: list[float]) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_sampled_rois_take_their_first_max_iou_gt(batch):
+    """Each sampled RoI against a plain loop over the valid gt boxes: the foreground ones carry
+    the first gt of the highest IoU (a duplicated gt box with another label ties) and its class."""
+    proposals, gt_boxes, num_boxes = batch
+    gt_boxes = gt_boxes.clone()
+    gt_boxes[0, 2, :4] = gt_boxes[0, 1, :4]  # labels 3 and 2 on one box: the first (3) wins
+    config = RoISamplingConfig(batch_size_per_image=128, fg_fraction=0.5, bg_threshold_lo=0.0)
+    sample = sample_rois(proposals, gt_boxes, num_boxes, config, torch.Generator().manual_seed(2))
+    checked = 0
+    for b in range(3):
+        gts = gt_boxes[b, :int(num_boxes[b])].tolist()
+        for box, label, matched in zip(sample.boxes[b].tolist(), sample.labels[b].tolist(),
+                                       sample.matched_gt[b].tolist()):
+            if label < 0:
+                continue
+            ious = [plain_iou(box, gt[:4]) for gt in gts]
+            best = max(ious, default=0.0)
+            if label > 0:
+                first = ious.index(best)
+                assert best >= 0.5 and matched == first and label == int(gts[first][4])
+                checked += 1
+            else:
+                assert best < 0.5 and matched == -1
+    assert checked > 20
 
 
 def test_gt_boxes_are_appended(batch):
@@ -138,12 +174,12 @@ def test_dense_roi_align_equals_torchvision(stride, sampling_ratio):
 
 
 def test_dense_roi_align_chunks(monkeypatch):
-    import frcnn.roi as roi
+    import frcnn.roi_align as roi_align
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(2, 4, 6, 7, generator=generator, requires_grad=True)
     boxes = random_boxes(2, 10, torch.tensor([112.0, 96.0]), generator, torch.float32)
     whole = dense_roi_align(features, boxes, 3, 1 / 16, 2)
-    monkeypatch.setattr(roi, "DENSE_ALIGN_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(roi_align, "DENSE_ALIGN_CHUNK_ELEMENTS", 1)
     chunked = dense_roi_align(features, boxes, 3, 1 / 16, 2)
     torch.testing.assert_close(chunked, whole)
     chunked.sum().backward()
@@ -210,7 +246,11 @@ def test_detect_matches_a_per_image_per_class_reference():
     im_info = torch.tensor([[160.0, 200, 2.0], [150, 180, 1.0], [100, 100, 1.0]], dtype=torch.float64)
     config = InferenceConfig(score_threshold=0.1, nms_threshold=0.3, detections_per_image=12)
     weights = (10.0, 10.0, 5.0, 5.0)
-    results = detect(logits, deltas, proposals, im_info, weights, config)
+    scale = (1 / im_info[:, 2:3]).expand(-1, 4)
+    padded = detect_boxes(logits, deltas, proposals.boxes, proposals.valid, im_info, weights, config, scale)
+    assert padded.boxes.shape == (batch, 12, 4) and padded.counts.tolist() == [12, 12, 0]
+    assert not padded.scores[2].any() and not padded.labels[2].any() and not padded.boxes[2].any()
+    results = unpad(padded)
     expected = ref_detect(logits, deltas, proposals, im_info, weights, config)
     assert len(results) == batch and len(results[2]["boxes"]) == 0
     for got, want in zip(results, expected):

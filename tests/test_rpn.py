@@ -214,10 +214,14 @@ def test_trimmed_proposals_drop_only_empty_rows():
     generator = torch.Generator().manual_seed(6)
     _, anchors, scores, deltas = random_rpn_outputs([(6, 8, 16, (1, 2))], 2, generator)
     im_info = torch.tensor([[96.0, 128.0, 1.0], [20.0, 24.0, 1.0]], dtype=torch.float64)
-    proposals = generate_proposals(scores, deltas, anchors, [anchors.shape[0]], im_info, ProposalConfig(min_size=6.0),
-                                   ProposalLimits(1000, 500))
-    trimmed = proposals.trimmed()
+    args = (scores, deltas, anchors, [anchors.shape[0]], im_info, ProposalConfig(min_size=6.0),
+            ProposalLimits(1000, 500))
+    proposals = generate_proposals(*args)
+    trimmed = generate_proposals(*args, trim=True)
     size = int(proposals.counts.max())
     assert size < 500 and trimmed.rois.shape == (2, size, 5)
     torch.testing.assert_close(trimmed.rois, proposals.rois[:, :size])
+    torch.testing.assert_close(trimmed.scores, proposals.scores[:, :size])
     assert torch.equal(trimmed.valid, proposals.valid[:, :size])
+    none_left = generate_proposals(*args[:5], ProposalConfig(min_size=500.0), args[6], trim=True)
+    assert none_left.rois.shape == (2, 1, 5) and none_left.counts.tolist() == [0, 0]

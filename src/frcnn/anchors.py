@@ -91,7 +91,8 @@ def cell_strides(rule: str, level_stride: int, image_size: Sequence[int],
     if rule == "level":
         return level_stride, level_stride
     if rule == "image":
-        return int(image_size[0]) // int(feature_size[0]), int(image_size[1]) // int(feature_size[1])
+        # Floor division of the sizes as they come: ints, or a trace's 0-dim tensors (kept graph values).
+        return image_size[0] // feature_size[0], image_size[1] // feature_size[1]
     raise ValueError(f"anchor stride rule must be 'level' or 'image', got {rule!r}")
 
 

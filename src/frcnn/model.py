@@ -14,10 +14,10 @@ from .anchors import AnchorGrid, cell_anchors, cell_strides, concat_anchors, gri
 from .backbones import build_backbone
 from .checkpoint import Checkpoint, load_weights
 from .config import BackboneConfig, ModelConfig, default_config
+from .detection import Detections, detect_boxes, unpad
 from .preprocess import PreprocessedBatch, as_image_tensor, box_scale, preprocess_images
 from .pretrained import read_checkpoint, torchvision_weights
 from .roi import RoIHead, RoIPooler, box_head, fast_rcnn_losses, sample_rois
-from .roi import detect as detect_objects
 from .rpn import Proposals, RPNHead, generate_proposals, objectness_logit, rpn_losses
 
 
@@ -47,7 +47,8 @@ class FasterRCNN(nn.Module):
     Eval mode: ``model(images, im_info, orig_sizes=None)`` returns one dict per image with
     ``boxes`` (n, 4) in original image coordinates, ``scores`` (n,) and ``labels`` (n,).
     ``propose(images, im_info)`` returns the RPN's proposals per image; ``predict(images)`` runs
-    the model, with its own preprocessing, on plain images.
+    the model, with its own preprocessing, on plain images; ``predict_padded(images)`` is the same
+    inference for a batch of one size as one traceable function (the ONNX export's graph).
 
     images (B, 3, H, W) normalised and zero-padded; im_info (B, 3) rows (height, width, scale) of
     each image's valid region; gt_boxes (B, K, 5) rows (x1, y1, x2, y2, label) in resized
@@ -104,19 +105,28 @@ class FasterRCNN(nn.Module):
     def detect(self, images: Tensor, im_info: Tensor, orig_sizes: Tensor | None = None,
                score_threshold: float | None = None) -> list[dict[str, Tensor]]:
         """Detections per image (the eval forward): ``boxes`` (n, 4) in original image
-        coordinates, ``scores`` (n,), ``labels`` (n,) in 1..C, best first, with the test proposal
-        counts and post-processing (``score_threshold`` replaces the configured one if given)."""
+        coordinates, ``scores`` (n,), ``labels`` (n,) in 1..C, best first: ``padded_detections``
+        split by image."""
         _check_batch(images, im_info, None, None, require_gt=False)
-        test = self.config.test if score_threshold is None else replace(self.config.test,
-                                                                          score_threshold=score_threshold)
-        scale = box_scale(im_info, orig_sizes, self.config.preprocess)
+        return unpad(self.padded_detections(images, im_info, orig_sizes, score_threshold))
+
+    @torch.no_grad()
+    def padded_detections(self, images: Tensor, im_info: Tensor, orig_sizes: Tensor | None = None,
+                          score_threshold: float | None = None) -> Detections:
+        """The inference of a preprocessed batch, traceable: ``Detections`` padded to the test
+        settings' ``detections_per_image``, boxes in original image coordinates, with the test
+        proposal counts and post-processing (``score_threshold`` replaces the configured one if
+        given)."""
+        config = self.config
+        test = config.test if score_threshold is None else replace(config.test, score_threshold=score_threshold)
+        scale = box_scale(im_info, orig_sizes, config.preprocess)
         features = self.backbone(images)
         logits, deltas = self.rpn_head(features)
         proposals = self._propose(logits, deltas, self.anchor_grids(features, images.shape[-2:]), im_info,
-                                  training=False).trimmed()
+                                  training=False, trim=True)
         class_logits, box_deltas = self.roi_head(features, proposals.boxes, proposals.valid)
-        return detect_objects(class_logits, box_deltas, proposals, im_info, self.config.roi_sampling.bbox_weights,
-                              test, scale)
+        return detect_boxes(class_logits, box_deltas, proposals.boxes, proposals.valid, im_info,
+                            config.roi_sampling.bbox_weights, test, scale)
 
     @torch.no_grad()
     def propose(self, images: Tensor, im_info: Tensor, orig_sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
@@ -152,12 +162,18 @@ class FasterRCNN(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            found = self.detect(batch.images, batch.im_info, batch.orig_sizes, score_threshold)
+            found = unpad(self.padded_detections(*batch, score_threshold), self.class_names)
         finally:
             self.train(was_training)
-        for result in found:
-            result["names"] = [self.class_names[label - 1] for label in result["labels"].tolist()]
         return found[0] if single else found
+
+    @torch.no_grad()
+    def predict_padded(self, images: Tensor) -> Detections:
+        """``predict`` of a batch of plain images of one size, traceable (the ONNX export traces
+        it): images (B, 3, H, W) float RGB in [0, 1] -> ``Detections`` padded to the test
+        settings' ``detections_per_image``, boxes in the images' pixels. Needs eval mode."""
+        batch = preprocess_images(images, self.config.preprocess)
+        return self.padded_detections(*batch)
 
     @classmethod
     def load(cls, source: str | Path | Checkpoint, device: torch.device | str | None = None,
@@ -185,16 +201,22 @@ class FasterRCNN(nn.Module):
         rule = self.config.anchors.stride_rule
         if rule == "image" and image_size is None:
             raise ValueError("anchor_grids needs image_size: the model's anchors.stride_rule is 'image'")
-        return [grid_anchors(base, f.shape[-2], f.shape[-1], cell_strides(rule, stride, image_size, f.shape[-2:]),
-                             f.device, f.dtype)
-                for base, f, stride in zip(self.base_anchors, features, self.backbone.strides)]
+        grids = []
+        for base, feature, stride in zip(self.base_anchors, features, self.backbone.strides):
+            height, width = feature.shape[-2:]
+            strides = cell_strides(rule, stride, image_size, (height, width))
+            if torch.jit.is_tracing():  # sizes are graph values: no cache keyed by them
+                grids.append(AnchorGrid(base.to(feature.device, feature.dtype), height, width, strides))
+            else:
+                grids.append(grid_anchors(base, height, width, strides, feature.device, feature.dtype))
+        return grids
 
     def _propose(self, logits: Tensor, deltas: Tensor, grids: list[AnchorGrid], im_info: Tensor,
-                 training: bool | None = None) -> Proposals:
+                 training: bool | None = None, trim: bool = False) -> Proposals:
         config = self.config.proposals
         limits = config.train if (self.training if training is None else training) else config.test
         return generate_proposals(objectness_logit(logits.detach()), deltas.detach(), concat_anchors(grids),
-                                  [g.num_anchors for g in grids], im_info.to(deltas.dtype), config, limits)
+                                  [g.num_anchors for g in grids], im_info.to(deltas.dtype), config, limits, trim)
 
 
 def _check_batch(images: Tensor, im_info: Tensor, gt_boxes: Tensor | None, num_boxes: Tensor | None,

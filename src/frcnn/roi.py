@@ -1,5 +1,5 @@
-"""The second stage: proposal target layer, RoI pooling, the box head, its losses and detection
-post-processing, batched over images with a fixed number of RoIs per image."""
+"""The second stage: proposal target layer, RoI pooling, the box head and its losses, batched over
+images with a fixed number of RoIs per image (detection post-processing: ``frcnn.detection``)."""
 from __future__ import annotations
 
 import math
@@ -12,15 +12,13 @@ import torchvision
 from torch import Tensor, nn
 
 from .backbones import BoxHead
-from .boxes import box_area, box_iou, box_size, clip_boxes, decode_boxes, encode_boxes
-from .config import HeadConfig, InferenceConfig, RoISamplingConfig
-from .roi_align import axis_samples, gather_roi_align, roi_extents
+from .boxes import box_area, box_iou, encode_boxes
+from .config import HeadConfig, RoISamplingConfig
+from .matcher import best_gt
+from .roi_align import chunk_bounds, dense_roi_align, gather_roi_align
 from .rpn import Proposals, gather_rows, smooth_l1
 from .sampling import random_keys, sample_balanced
-
-# Above this many elements, the dense RoIAlign's (B, r * S, C * W) intermediate is made in chunks
-# of r RoIs: large fresh buffers cost more in page faults than the products that fill them.
-DENSE_ALIGN_CHUNK_ELEMENTS = 2**22
+from .selection import first_true
 
 # FPN level assignment (FPN paper, eq. 1): a 224 x 224 RoI goes to level 4 (stride 16).
 CANONICAL_SIZE = 224.0
@@ -37,18 +35,6 @@ class RoISample(NamedTuple):
     labels: Tensor
     bbox_targets: Tensor
     matched_gt: Tensor
-
-
-def _first_true(mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Column indices (B, k) of the first k True entries of each row of mask (B, M), in order, and
-    whether each slot is filled (B, k); empty slots point at column 0."""
-    batch, columns = mask.shape
-    rank = mask.cumsum(dim=1) - 1
-    slot = torch.where(mask & (rank < k), rank, k)
-    source = torch.arange(columns, device=mask.device).expand(batch, columns)
-    index = torch.zeros(batch, k + 1, dtype=torch.long, device=mask.device).scatter_(1, slot, source)[:, :k]
-    filled = torch.arange(k, device=mask.device)[None, :] < mask.sum(dim=1, keepdim=True)
-    return torch.where(filled, index, 0), filled
 
 
 def sample_rois(proposals: Proposals, gt_boxes: Tensor, num_boxes: Tensor, config: RoISamplingConfig,
@@ -69,15 +55,16 @@ def sample_rois(proposals: Proposals, gt_boxes: Tensor, num_boxes: Tensor, confi
     candidates = torch.cat((proposals.boxes, gt), dim=1)
     usable = torch.cat((proposals.valid, gt_valid), dim=1)
 
-    iou = box_iou(candidates, gt).nan_to_num(0.0).masked_fill(~gt_valid[:, None, :], -1.0)
-    max_iou, argmax_gt = iou.max(dim=2)
+    # Padded gt rows at -inf take no part in the matching (``frcnn.matcher``).
+    iou = box_iou(gt, candidates).nan_to_num(0.0).masked_fill(~gt_valid[..., None], -math.inf)
+    max_iou, argmax_gt = best_gt(iou)
     max_iou = max_iou.clamp(min=0.0)
     foreground = usable & (max_iou >= config.fg_threshold)
     background = usable & (max_iou < config.bg_threshold_hi) & (max_iou >= config.bg_threshold_lo)
     keys = random_keys(foreground.shape, foreground.device, generator)
     keep_fg, keep_bg = sample_balanced(foreground, background, config.batch_size_per_image, config.fg_fraction,
                                        keys)
-    index, filled = _first_true(keep_fg | keep_bg, config.batch_size_per_image)
+    index, filled = first_true(keep_fg | keep_bg, config.batch_size_per_image)
 
     boxes = gather_rows(candidates, index)
     matched_gt = argmax_gt.gather(1, index)
@@ -87,75 +74,6 @@ def sample_rois(proposals: Proposals, gt_boxes: Tensor, num_boxes: Tensor, confi
     targets = encode_boxes(boxes, gather_rows(gt, matched_gt), config.bbox_weights)
     targets = torch.where(is_fg[..., None], targets, 0.0)
     return RoISample(boxes, labels, targets, torch.where(is_fg, matched_gt, -1))
-
-
-def axis_weights(start: Tensor, length: Tensor, output_size: int, sampling_ratio: int, size: int | Tensor) -> Tensor:
-    """RoIAlign's sampling along one axis as averaging weights over the feature cells.
-
-    start, length (B, R) in feature cells (``roi_extents``) -> (B, R, output_size, size): bin i
-    averages the ``sampling_ratio`` bilinear samples of ``axis_samples``.
-    """
-    low, fraction, inside = axis_samples(start, length, output_size, sampling_ratio, size)
-    cells = torch.arange(size, device=start.device, dtype=start.dtype)
-    weights = ((1.0 - fraction) * inside)[..., None] * (cells == low[..., None]) + fraction[..., None] * (
-        cells == low[..., None] + 1)
-    return weights.sum(dim=-2) / sampling_ratio
-
-
-def _chunks(count: int, elements_per_item: int) -> list[tuple[int, int]]:
-    step = max(1, DENSE_ALIGN_CHUNK_ELEMENTS // max(elements_per_item, 1))
-    return [(start, min(start + step, count)) for start in range(0, count, step)]
-
-
-class _SeparableRoIAlign(torch.autograd.Function):
-    """out[b, r, c] = Wy[b, r] @ features[b, c] @ Wx[b, r]^T, as two batched matrix products."""
-
-    @staticmethod
-    def forward(ctx, features: Tensor, weights_y: Tensor, weights_x: Tensor) -> Tensor:
-        batch, channels, height, width = features.shape
-        rois, size = weights_y.shape[1:3]
-        by_row = features.transpose(1, 2).reshape(batch, height, channels * width)
-        out = features.new_empty(batch, rois, channels, size, size)
-        for start, stop in _chunks(rois, batch * size * channels * width):
-            count = stop - start
-            rows = torch.bmm(weights_y[:, start:stop].reshape(batch, count * size, height), by_row)
-            pooled = torch.bmm(rows.view(batch * count, size * channels, width),
-                               weights_x[:, start:stop].reshape(batch * count, size, width).transpose(1, 2))
-            out[:, start:stop] = pooled.view(batch, count, size, channels, size).transpose(2, 3)
-        ctx.save_for_backward(weights_y, weights_x)
-        ctx.feature_shape = features.shape
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        weights_y, weights_x = ctx.saved_tensors
-        batch, channels, height, width = ctx.feature_shape
-        rois, size = weights_y.shape[1:3]
-        grad = grad.transpose(2, 3).contiguous()
-        grad_by_row = grad.new_zeros(batch, height, channels * width)
-        for start, stop in _chunks(rois, batch * size * channels * width):
-            count = stop - start
-            grad_rows = torch.bmm(grad[:, start:stop].reshape(batch * count, size * channels, size),
-                                  weights_x[:, start:stop].reshape(batch * count, size, width))
-            grad_by_row.baddbmm_(weights_y[:, start:stop].reshape(batch, count * size, height).transpose(1, 2),
-                                 grad_rows.view(batch, count * size, channels * width))
-        return grad_by_row.view(batch, height, channels, width).transpose(1, 2).contiguous(), None, None
-
-
-def dense_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float,
-                    sampling_ratio: int, aligned: bool = True) -> Tensor:
-    """``torchvision.ops.roi_align(..., aligned=aligned)`` with R boxes per image, as matrix products.
-
-    features (B, C, H, W), boxes (B, R, 4) in image coordinates -> (B * R, C, S, S), RoIs
-    image-major. RoIAlign's bilinear sampling factors into a (S, H) and a (W, S) weight matrix per
-    RoI, so the pooling and its gradient are batched products; it has no gradient for the boxes.
-    """
-    height, width = features.shape[-2:]
-    starts, lengths = roi_extents(boxes.detach().to(features.dtype), spatial_scale, aligned)
-    weights_y = axis_weights(starts[..., 1], lengths[..., 1], output_size, sampling_ratio, height)
-    weights_x = axis_weights(starts[..., 0], lengths[..., 0], output_size, sampling_ratio, width)
-    pooled = _SeparableRoIAlign.apply(features, weights_y, weights_x)
-    return pooled.flatten(0, 1)
 
 
 def _with_batch_index(boxes: Tensor, image: Tensor | None = None) -> Tensor:
@@ -214,6 +132,9 @@ class RoIPooler(nn.Module):
 
     def _pool_level(self, feature: Tensor, boxes: Tensor, scale: float, image: Tensor | None) -> Tensor:
         config = self.config
+        if config.pooler == "align" and torch.jit.is_tracing():
+            # The export's RoIAlign: onnxruntime runs the products several times faster than its RoiAlign.
+            return dense_roi_align(feature, boxes, config.output_size, scale, config.sampling_ratio, config.aligned)
         if config.pooler == "align" and config.align_impl == "dense":
             # Without a gradient to compute, gathering the cells each RoI reads is several times faster.
             if not (feature.requires_grad and torch.is_grad_enabled()):
@@ -273,12 +194,13 @@ class RoIHead(nn.Module):
         """boxes (B, R, 4) -> class logits (B, R, C + 1) and box deltas (B, R, C + 1, 4).
 
         In eval mode only the ``valid`` (B, R) boxes (all when None) are pooled and classified,
-        packed (one host synchronisation); the other rows come out zero. A RoI's outputs depend on
+        packed (one host synchronisation); the other rows come out zero. A trace pools and
+        classifies every row, as training does. A RoI's outputs depend on
         its own pooled features only, so the packed RoIs go through the pooler and the trunk in
         chunks small enough to reuse memory (large fresh buffers cost more in page faults than
         the pooling itself)."""
         batch, rois = boxes.shape[:2]
-        if self.training:
+        if self.training or torch.jit.is_tracing():
             hidden = self.trunk(self.pooler(features, boxes))
             logits = self.cls_score(hidden).view(batch, rois, -1)
             return logits, self.bbox_pred(hidden).view(batch, rois, logits.shape[-1], 4)
@@ -289,7 +211,7 @@ class RoIHead(nn.Module):
         features = self.pooler.inference_features(features)
         per_roi = features[0].shape[1] * self.pooler.config.output_size**2
         hidden = torch.cat([self.trunk(self.pooler(features, packed[start:stop], image[start:stop]))
-                            for start, stop in _chunks(packed.shape[0], per_roi) or [(0, 0)]])
+                            for start, stop in chunk_bounds(packed.shape[0], per_roi) or [(0, 0)]])
         classes = self.cls_score.out_features
         logits = hidden.new_zeros(batch, rois, classes)
         deltas = hidden.new_zeros(batch, rois, classes, 4)
@@ -313,40 +235,3 @@ def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, sample: RoISample
     box_losses = smooth_l1(chosen - sample.bbox_targets, sigma).sum(dim=2)
     box_loss = torch.where(labels > 0, box_losses, 0.0).sum() / count
     return cls_loss, box_loss
-
-
-@torch.no_grad()
-def detect(class_logits: Tensor, box_deltas: Tensor, proposals: Proposals, im_info: Tensor,
-           bbox_weights: Sequence[float], config: InferenceConfig,
-           box_scale: Tensor | None = None) -> list[dict[str, Tensor]]:
-    """Detections per image from the head's outputs for the proposals.
-
-    Every proposal is decoded for every class and clipped; (proposal, class) pairs scoring above
-    ``score_threshold`` whose box sides are at least ``min_size`` go through one NMS per image and
-    class, all at once; each image keeps its ``detections_per_image`` best. Boxes go to original
-    coordinates: times ``box_scale`` (B, 4) per coordinate, or, when None, divided by the image's
-    scale. Returns, per image, ``boxes`` (n, 4), ``scores`` (n,), ``labels`` (n,) in 1..C, best
-    first.
-    """
-    batch, rois, num_classes = class_logits.shape[0], class_logits.shape[1], class_logits.shape[2] - 1
-    scores = torch.softmax(class_logits, dim=2)[..., 1:]
-    boxes = decode_boxes(box_deltas[:, :, 1:], proposals.boxes[:, :, None, :], tuple(bbox_weights))
-    boxes = clip_boxes(boxes.view(batch, rois * num_classes, 4), im_info[:, :2]).view(batch, rois, num_classes, 4)
-    widths, heights = box_size(boxes)
-    big_enough = (widths >= config.min_size) & (heights >= config.min_size)
-    candidate = (scores > config.score_threshold) & proposals.valid[..., None] & big_enough
-    image, roi, label = candidate.nonzero(as_tuple=True)
-    boxes, scores = boxes[image, roi, label], scores[image, roi, label]
-    keep = torchvision.ops.batched_nms(boxes, scores, image * num_classes + label, config.nms_threshold)
-    image, label, boxes, scores = image[keep], label[keep], boxes[keep], scores[keep]
-
-    by_image = torch.sort(image, stable=True)[1]
-    image, label, boxes, scores = image[by_image], label[by_image], boxes[by_image], scores[by_image]
-    counts = torch.bincount(image, minlength=batch)
-    rank = torch.arange(image.shape[0], device=image.device) - (counts.cumsum(0) - counts)[image]
-    top = rank < config.detections_per_image
-    image, label, boxes, scores = image[top], label[top], boxes[top], scores[top]
-    boxes = boxes / im_info[image, 2][:, None] if box_scale is None else boxes * box_scale[image]
-    sizes = counts.clamp(max=config.detections_per_image).tolist()
-    return [{"boxes": b, "scores": s, "labels": cls + 1}
-            for b, s, cls in zip(boxes.split(sizes), scores.split(sizes), label.split(sizes))]

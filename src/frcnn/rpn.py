@@ -11,12 +11,12 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from .anchor_targets import AnchorTargets
 from .boxes import box_size, clip_boxes, decode_boxes
 from .config import ProposalConfig, ProposalLimits
+from .selection import grouped_nms, top_rows
 
 
 class RPNHead(nn.Module):
@@ -117,23 +117,17 @@ class Proposals(NamedTuple):
         """(B, P) bool: the first counts[b] rows of image b."""
         return torch.arange(self.rois.shape[1], device=self.rois.device)[None, :] < self.counts[:, None]
 
-    def trimmed(self) -> Proposals:
-        """The same proposals with P cut to the largest count in the batch (one host sync), so
-        that the RoI head does not pool empty rows."""
-        size = int(self.counts.max()) if self.counts.numel() else 0
-        return Proposals(self.rois[:, :size], self.scores[:, :size], self.counts)
 
-
-def _top_per_level(scores: Tensor, level_sizes: Sequence[int], k: int) -> tuple[Tensor, Tensor]:
-    """Indices (B, T) of the k best scores (B, N) of each level, best first, equal scores in
-    anchor order, and the level of each column (T,)."""
+def _top_per_level(scores: Tensor, level_sizes: Sequence[int | Tensor], k: int) -> tuple[Tensor, Tensor]:
+    """Indices (B, T) of the k best scores (B, N) of each level (``top_rows``: best first, equal
+    scores in anchor order), and the level of each column (T,)."""
     indices, levels = [], []
     start = 0
     for level, size in enumerate(level_sizes):
-        order = torch.sort(scores[:, start:start + size], dim=1, descending=True, stable=True)[1][:, :k]
-        indices.append(order + start)
-        levels.append(torch.full((order.shape[1],), level, device=scores.device))
-        start += size
+        columns = top_rows(scores[:, start:start + size], k)[1]
+        indices.append(columns + start)
+        levels.append(torch.zeros_like(columns[0]) + level)
+        start = start + size
     return torch.cat(indices, dim=1), torch.cat(levels)
 
 
@@ -144,9 +138,10 @@ def gather_rows(values: Tensor, index: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def generate_proposals(objectness: Tensor, deltas: Tensor, anchors: Tensor, level_sizes: Sequence[int],
-                       im_info: Tensor, config: ProposalConfig, limits: ProposalLimits) -> Proposals:
-    """The proposal layer.
+def generate_proposals(objectness: Tensor, deltas: Tensor, anchors: Tensor, level_sizes: Sequence[int | Tensor],
+                       im_info: Tensor, config: ProposalConfig, limits: ProposalLimits,
+                       trim: bool = False) -> Proposals:
+    """The proposal layer (traceable with ``trim``).
 
     objectness (B, N) log-odds, deltas (B, N, 4), anchors (N, 4) of levels of ``level_sizes``
     anchors, im_info (B, 3). Every anchor is decoded (dw, dh clamped) and clipped to its image;
@@ -155,7 +150,11 @@ def generate_proposals(objectness: Tensor, deltas: Tensor, anchors: Tensor, leve
     ``scale_min_size``) if ``min_size_before_top_n``, else among all, dropping the small ones
     after; so are those with an object probability below ``score_threshold``; NMS runs for all
     images and levels at once (one group per image and level); each image keeps its
-    ``post_nms_top_n`` best.
+    ``post_nms_top_n`` best (equal scores in the order above).
+
+    P is ``post_nms_top_n`` (rows past counts[b] zero), or with ``trim`` the largest count of the
+    batch (at least 1, at most ``post_nms_top_n``: one host synchronisation eagerly), so that the
+    RoI head does not pool empty rows.
     """
     boxes = clip_boxes(decode_boxes(deltas, anchors[None]), im_info[:, :2])
     widths, heights = box_size(boxes)
@@ -166,19 +165,18 @@ def generate_proposals(objectness: Tensor, deltas: Tensor, anchors: Tensor, leve
     scores = objectness.gather(1, top)
     valid = big_enough.gather(1, top) & (torch.sigmoid(scores) >= config.score_threshold)
     boxes, scores = gather_rows(boxes, top), torch.where(valid, scores, -math.inf)
+    levels = torch.arange(len(level_sizes), device=top.device)
+    by_level = torch.where(level[:, None] == levels, scores[..., None], -math.inf)
+    kept = grouped_nms(boxes, by_level, config.nms_threshold).any(dim=2) & valid
 
-    batch, count = top.shape
-    groups = torch.arange(batch, device=top.device)[:, None] * len(level_sizes) + level[None, :]
-    keep = torchvision.ops.batched_nms(boxes.flatten(0, 1), scores.flatten(), groups.flatten(),
-                                       config.nms_threshold)
-    kept = torch.zeros(batch * count, dtype=torch.bool, device=top.device).index_fill_(0, keep, True)
-    kept = kept.view(batch, count) & valid
-
-    best = torch.sort(torch.where(kept, scores, -math.inf), dim=1, descending=True, stable=True)[1]
-    best = best[:, :limits.post_nms_top_n]
+    most = torch.clamp(kept.sum(dim=1).max(), min=1, max=limits.post_nms_top_n) if trim else limits.post_nms_top_n
+    best_scores, best = top_rows(torch.where(kept, scores, -math.inf), most)
     valid = kept.gather(1, best)
-    batch_index = torch.arange(batch, device=top.device, dtype=boxes.dtype)[:, None, None].expand(-1, best.shape[1], 1)
-    rois = torch.cat((batch_index, gather_rows(boxes, best)), dim=2) * valid[..., None]
-    probabilities = torch.sigmoid(scores.gather(1, best)) * valid
+    image = torch.arange(boxes.shape[0], device=top.device)[:, None]
+    batch_index = torch.zeros_like(best_scores, dtype=boxes.dtype) + image
+    rois = torch.cat((batch_index[..., None], gather_rows(boxes, best)), dim=2) * valid[..., None]
+    proposals = Proposals(rois, torch.sigmoid(best_scores) * valid, valid.sum(dim=1))
+    if trim:
+        return proposals
     pad = limits.post_nms_top_n - best.shape[1]
-    return Proposals(F.pad(rois, (0, 0, 0, pad)), F.pad(probabilities, (0, pad)), valid.sum(dim=1))
+    return Proposals(F.pad(proposals.rois, (0, 0, 0, pad)), F.pad(proposals.scores, (0, pad)), proposals.counts)

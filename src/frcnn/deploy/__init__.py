@@ -1,5 +1,2 @@
-"""Deployment: the detector as one graph of plain images, its ONNX export and onnxruntime runner
-(docs/deploy.md)."""
-from .graph import Detections, DetectorGraph, unsupported_reason
-
-__all__ = ["Detections", "DetectorGraph", "unsupported_reason"]
+"""Deployment: the ONNX export of a detector, the check of its detections, its onnxruntime runner
+and detection on image files (docs/deploy.md)."""

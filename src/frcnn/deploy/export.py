@@ -1,10 +1,10 @@
-"""ONNX export of a detector (``DetectorGraph`` traced) and the check that onnxruntime gives the
-same detections as ``FasterRCNN.predict`` (docs/deploy.md)."""
+"""ONNX export of a detector (``FasterRCNN.predict_padded`` traced) and the check that onnxruntime
+gives the same detections as ``FasterRCNN.predict`` (docs/deploy.md)."""
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .graph import DetectorGraph
+from ..atomic import replacing
+from ..boxes import box_iou
 from .runtime import CLASS_NAMES_KEY, INPUT, OUTPUTS, OnnxDetector, same_size_runs
 
 # The oldest opset with RoiAlign's half-pixel mode (16) and the one onnxruntime's CPU kernels and
@@ -23,75 +24,75 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 16
 MAX_OPSET = 20  # the newest the TorchScript exporter writes
 
-# What ``check_parity`` accepts (docs/deploy.md): boxes in input pixels, scores as probabilities.
-# onnxruntime's float32 convolutions round differently from PyTorch's; a trained model's logits
-# then differ by about 1e-4, which moves a probability near 0.5 by up to 2.5e-5 (the main job's
-# own checkpoint), so scores get 1e-4.
-BOX_TOLERANCE = 1e-3
-SCORE_TOLERANCE = 1e-4
+# What ``compare_detections`` accepts (docs/deploy.md): boxes matched at this IoU, and scores
+# within ``score_tolerance``, whose derivation this error bound of the logits starts.
+BOX_MIN_IOU = 0.999
+LOGIT_RELATIVE_ERROR = 2.0**-12
 
 
-@dataclass(frozen=True)
-class Parity:
-    """How far onnxruntime's detections are from ``FasterRCNN.predict``'s on some images: whether
-    every image has the same count and labels, and the largest box and score differences."""
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be exported (a one-line reason), or None."""
+    config = model.config
+    if config.preprocess.interpolation != "bilinear":
+        return f"preprocess.interpolation is {config.preprocess.interpolation!r} (only 'bilinear' exports)"
+    if config.head.pooler != "align":
+        return f"head.pooler is {config.head.pooler!r} (only 'align' exports)"
+    if config.head.sampling_ratio < 1:
+        return f"head.sampling_ratio is {config.head.sampling_ratio} (the export needs a fixed ratio >= 1)"
+    if model.backbone.num_roi_levels != 1:
+        return "the model pools RoIs from several FPN levels (the export pools from one level)"
+    return None
 
-    images: int
-    detections: int
-    same_counts_and_labels: bool
-    max_box_diff: float
-    max_score_diff: float
 
-    @property
-    def ok(self) -> bool:
-        return (self.same_counts_and_labels and self.max_box_diff <= BOX_TOLERANCE
-                and self.max_score_diff <= SCORE_TOLERANCE)
+class _PlainImagesDetector(nn.Module):
+    """``model.predict_padded`` as a module's forward, the form ``torch.onnx.export`` traces."""
 
-    def describe(self) -> str:
-        counts = "same counts and labels" if self.same_counts_and_labels else "DIFFERENT counts or labels"
-        return (f"{self.images} images, {self.detections} detections: {counts}, boxes within "
-                f"{self.max_box_diff:.2g} px, scores within {self.max_score_diff:.2g}")
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.model.predict_padded(images))
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Write ``model`` (a ``FasterRCNN``) as an ONNX graph of plain images to ``path``
     (atomically): input ``images`` float32 (B, 3, H, W) RGB in [0, 1], B, H and W dynamic;
     outputs ``boxes`` (B, D, 4), ``scores`` (B, D), ``labels`` (B, D) int64, ``counts`` (B,)
-    int64 (``DetectorGraph``). The class names go into the metadata (``class_names``, JSON).
-    A ValueError says why a model cannot be exported."""
+    int64 (``FasterRCNN.predict_padded``, traced). The class names go into the metadata
+    (``class_names``, JSON). A ValueError says why a model cannot be exported."""
     import onnx
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opset}")
-    path = Path(path)
-    graph = DetectorGraph(model.eval()).eval()
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(f"the model cannot be exported: {reason}")
     config = model.config.preprocess
     example = torch.rand(2, 3, config.min_size, config.min_size + config.size_divisible,
                          generator=torch.Generator().manual_seed(0))
     axes = {INPUT: {0: "batch", 2: "height", 3: "width"}, "boxes": {0: "batch"}, "scores": {0: "batch"},
             "labels": {0: "batch"}, "counts": {0: "batch"}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
-        traced = Path(folder) / "traced.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic, handled by DetectorGraph
-            try:
-                torch.onnx.export(graph, (example,), str(traced), dynamo=False, opset_version=opset,
-                                  input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes)
-            except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
-                raise ValueError(f"the model cannot be exported: {str(error).strip().splitlines()[0]}") from error
-        proto = onnx.load(str(traced))
-        metadata = {CLASS_NAMES_KEY: json.dumps(list(model.class_names)),
-                    "detections_per_image": str(model.config.test.detections_per_image),
-                    "producer": "frcnn", "config": model.config.to_yaml()}
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.checker.check_model(proto)
-        staged = Path(folder) / "model.onnx"
+    traced = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic, kept as graph values
+        try:
+            torch.onnx.export(_PlainImagesDetector(model.eval()).eval(), (example,), traced, dynamo=False,
+                              opset_version=opset, input_names=[INPUT], output_names=list(OUTPUTS),
+                              dynamic_axes=axes)
+        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
+            raise ValueError(f"the model cannot be exported: {str(error).strip().splitlines()[0]}") from error
+    proto = onnx.load_from_string(traced.getvalue())
+    metadata = {CLASS_NAMES_KEY: json.dumps(list(model.class_names)),
+                "detections_per_image": str(model.config.test.detections_per_image),
+                "producer": "frcnn", "config": model.config.to_yaml()}
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    with replacing(path) as staged:
         onnx.save(proto, str(staged))
-        os.replace(staged, path)
-    return path
+    return Path(path)
 
 
 def parity_images(model: nn.Module) -> list[Tensor]:
@@ -114,29 +115,84 @@ def parity_images(model: nn.Module) -> list[Tensor]:
     return [picture(*size), picture(*size), picture(side * 3 // 4, side), plain]
 
 
-def check_parity(model: nn.Module, detector: OnnxDetector, images: Sequence[Tensor]) -> Parity:
-    """Compare ``detector`` (onnxruntime) with ``model.predict`` on ``images`` (a list of (3, H, W)
-    float tensors); each run of consecutive equal sizes is one batch in both (a batch's padding
-    is part of its input)."""
-    expected = [found for start, stop in same_size_runs(images) for found in model.predict(list(images[start:stop]))]
-    found = detector.predict(list(images))
-    same, box_diff, score_diff, total = True, 0.0, 0.0, 0
-    for want, got in zip(map(_canonical, expected), map(_canonical, found)):
+def score_tolerance(scores: Tensor) -> Tensor:
+    """How far two float32 implementations of one network may put each score p (a class
+    probability, softmax of the logits z), float64 of the scores' shape.
+
+    Two implementations (onnxruntime's kernels, PyTorch's) sum in different orders: each layer's
+    sum of n terms carries a relative error of about sqrt(n) u (u = 2^-24, float32's unit
+    roundoff; roundings are random in sign) and the layers' errors add, so the logits differ by
+    d <= rho |z| with rho = L sqrt(n) u <= 2^-12 (``LOGIT_RELATIVE_ERROR``) for L sqrt(n) <= 4096
+    (50 layers of sums of 3 x 3 x 512 terms: 3400). The score's log-odds g = log(p / (1 - p))
+    then move by at most 2 d (d log p_c = sum_j p_j (d z_c - d z_j) and d g = d log p_c / (1 - p)),
+    and p by p (1 - p) times that. |z| is not in the outputs: |g| + 1 stands for it (the gap the
+    score shows, and a logit of magnitude 1 where p is near 0.5). Plus 2^-23 for the rounding of
+    p itself: tolerance = 2 rho (1 + |g|) p (1 - p) + 2^-23.
+    """
+    p = scores.to(torch.float64)
+    log_odds = torch.logit(p, eps=2.0**-24)
+    return 2 * LOGIT_RELATIVE_ERROR * (1 + log_odds.abs()) * p * (1 - p) + 2.0**-23
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How far one detector's detections are from another's on some images: whether every image
+    has the same count and labels, the lowest IoU of two matched boxes (1 without detections),
+    the largest score difference and the largest as a fraction of ``score_tolerance``."""
+
+    images: int
+    detections: int
+    same_counts_and_labels: bool
+    min_box_iou: float
+    max_score_diff: float
+    max_score_share: float
+
+    @property
+    def ok(self) -> bool:
+        return self.same_counts_and_labels and self.min_box_iou >= BOX_MIN_IOU and self.max_score_share <= 1.0
+
+    def describe(self) -> str:
+        counts = "same counts and labels" if self.same_counts_and_labels else "DIFFERENT counts or labels"
+        return (f"{self.images} images, {self.detections} detections: {counts}, boxes matched at IoU >= "
+                f"{self.min_box_iou:.6f}, scores within {self.max_score_diff:.2g} "
+                f"({self.max_score_share:.0%} of their tolerance)")
+
+
+def compare_detections(expected: Sequence[dict[str, Any]], found: Sequence[dict[str, Any]]) -> Parity:
+    """Compare two detectors' detections of the same images (one dict per image with ``boxes``
+    (n, 4), ``scores`` (n,), ``labels`` (n,)): per image the same count and the same labels, and
+    each expected detection matched to a found one of its label, one to one, greedily best
+    expected first to the highest IoU, the pairs' IoU and score difference measured (the order of
+    near-equal scores is free)."""
+    same = len(expected) == len(found)
+    min_iou, score_diff, score_share, total = 1.0, 0.0, 0.0, 0
+    for want, got in zip(expected, found):
         total += len(want["scores"])
-        if len(want["scores"]) != len(got["scores"]) or want["labels"].tolist() != got["labels"].tolist():
+        labels = want["labels"].cpu()
+        if len(labels) != len(got["labels"]) or sorted(labels.tolist()) != sorted(got["labels"].tolist()):
             same = False
             continue
-        if len(want["scores"]):
-            box_diff = max(box_diff, float((want["boxes"] - got["boxes"]).abs().max()))
-            score_diff = max(score_diff, float((want["scores"] - got["scores"]).abs().max()))
-    return Parity(len(images), total, same, box_diff, score_diff)
+        if not len(labels):
+            continue
+        iou = box_iou(want["boxes"].cpu().double(), got["boxes"].cpu().double())
+        iou = iou.masked_fill(labels[:, None] != got["labels"].cpu()[None, :], -math.inf)
+        taken = torch.zeros(len(labels), dtype=torch.bool)
+        columns = []
+        for row in iou:
+            columns.append(int(row.masked_fill(taken, -math.inf).argmax()))
+            taken[columns[-1]] = True
+        rows, columns = torch.arange(len(labels)), torch.tensor(columns)
+        min_iou = min(min_iou, float(iou[rows, columns].min()))
+        want_scores, got_scores = want["scores"].cpu().double()[rows], got["scores"].cpu().double()[columns]
+        diff = (want_scores - got_scores).abs()
+        score_diff = max(score_diff, float(diff.max()))
+        score_share = max(score_share, float((diff / score_tolerance(want_scores)).max()))
+    return Parity(len(expected), total, same, min_iou, score_diff, score_share)
 
 
-def _canonical(found: dict[str, Any]) -> dict[str, Tensor]:
-    """One image's detections best first, exactly equal scores ordered by label, then box (their
-    order is otherwise arbitrary)."""
-    keys = [found["scores"].neg(), found["labels"].to(torch.float64), *found["boxes"].unbind(dim=1)]
-    order = torch.arange(len(found["scores"]))
-    for key in reversed(keys):
-        order = order[torch.sort(key[order], stable=True)[1]]
-    return {name: found[name][order] for name in ("boxes", "scores", "labels")}
+def check_parity(model: nn.Module, detector: OnnxDetector, images: Sequence[Tensor]) -> Parity:
+    """``compare_detections`` of ``model.predict`` and ``detector`` (onnxruntime) on ``images``
+    (a list of (3, H, W) float tensors); each run of consecutive equal sizes is one batch in both
+    (a batch's padding is part of its input)."""
+    expected = [found for start, stop in same_size_runs(images) for found in model.predict(list(images[start:stop]))]
+    return compare_detections(expected, detector.predict(list(images)))

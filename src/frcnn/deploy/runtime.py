@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..detection import Detections, unpad
 from ..preprocess import as_image_tensor
-from .graph import Detections
 
 OUTPUTS = ("boxes", "scores", "labels", "counts")
 INPUT = "images"
@@ -89,12 +89,3 @@ def same_size_runs(images: Sequence[Tensor]) -> list[tuple[int, int]]:
             runs.append((index, index + 1))
     return runs
 
-
-def unpad(detections: Detections, class_names: Sequence[str]) -> list[dict[str, Any]]:
-    """Padded ``Detections`` -> one dict per image (``boxes``, ``scores``, ``labels``, ``names``)."""
-    results = []
-    for boxes, scores, labels, count in zip(*detections):
-        n = int(count)
-        results.append({"boxes": boxes[:n], "scores": scores[:n], "labels": labels[:n],
-                        "names": [class_names[label - 1] for label in labels[:n].tolist()]})
-    return results
