@@ -9,10 +9,20 @@ from .callbacks import (
                         read_log,
                         standard_callbacks,
 )
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic, seed_everything
-from .distributed import DistContext, barrier, init_distributed, resolve_device, shutdown_distributed
+from .checkpoint import CHECKPOINT_FORMAT, RESUME_AUTO, load_checkpoint, resolve_resume, save_atomic, seed_everything
+from .distributed import (
+                        DistContext,
+                        PeerLostError,
+                        barrier,
+                        check_shared_folder,
+                        init_distributed,
+                        process_group,
+                        resolve_device,
+                        shutdown_distributed,
+)
 from .hooks import Callback
 from .inference import HEADLINE, Predictions, evaluate, json_safe, predict
+from .launch import Launch, detect_launch, first_host
 from .results import RESULTS_COLUMNS, VALIDATION_COLUMNS, read_results
 from .run_folder import (
                         BEST_NAME,
@@ -34,11 +44,12 @@ from .validation import Evaluation, Evaluator, training_state_kept, validation_l
 __all__ = [
     "BEST_NAME", "BestCheckpoint", "Budget", "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "Callback", "DataConfig",
     "DistContext", "EarlyStopping", "Evaluation", "Evaluator", "FINAL_NAME", "HEADLINE", "IterationBatchSampler",
-    "JsonLog", "LOG_NAME", "LOSS_PLOT_NAME", "METRICS_NAME", "NonFiniteLossError", "PeriodicCheckpoint",
-    "Predictions", "Progress", "ProgressBar", "RESULTS_COLUMNS", "RESULTS_NAME", "ResultsTable", "RunConfig",
-    "RunPictures", "SeededItems", "TensorBoard", "TrainConfig", "TrainResult", "Trainer", "TrainingError",
-    "TrainingInterrupted", "VALIDATION_COLUMNS", "barrier", "build_optimizer", "detector_losses", "evaluate",
-    "init_distributed", "json_safe", "load_checkpoint", "lr_factor", "predict", "read_log", "read_results",
-    "resolve_device", "save_atomic", "seed_everything", "shutdown_distributed", "standard_callbacks",
-    "training_state_kept", "validation_losses",
+    "JsonLog", "LOG_NAME", "LOSS_PLOT_NAME", "Launch", "METRICS_NAME", "NonFiniteLossError", "PeerLostError",
+    "PeriodicCheckpoint", "Predictions", "Progress", "ProgressBar", "RESULTS_COLUMNS", "RESULTS_NAME", "RESUME_AUTO",
+    "ResultsTable", "RunConfig", "RunPictures", "SeededItems", "TensorBoard", "TrainConfig", "TrainResult", "Trainer",
+    "TrainingError", "TrainingInterrupted", "VALIDATION_COLUMNS", "barrier", "build_optimizer", "check_shared_folder",
+    "detect_launch", "detector_losses", "evaluate", "first_host", "init_distributed", "json_safe", "load_checkpoint",
+    "lr_factor", "predict", "process_group", "read_log", "read_results", "resolve_device", "resolve_resume",
+    "save_atomic", "seed_everything", "shutdown_distributed", "standard_callbacks", "training_state_kept",
+    "validation_losses",
 ]

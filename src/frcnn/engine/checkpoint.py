@@ -13,6 +13,8 @@ import torch
 from ..atomic import replacing
 
 CHECKPOINT_FORMAT = "frcnn-checkpoint/1"
+# The resume mode that continues from the checkpoint when there is one and starts afresh otherwise.
+RESUME_AUTO = "auto"
 
 
 def save_atomic(payload: Any, path: str | Path) -> Path:
@@ -38,6 +40,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an frcnn checkpoint")
     return payload
+
+
+def resolve_resume(resume: bool | str, checkpoint: str | Path) -> bool:
+    """Whether a run resumes from ``checkpoint``: never for False; always for True (FileNotFoundError
+    when it does not exist); for ``RESUME_AUTO``, when it exists, so that one command serves a
+    run's first start and every restart."""
+    if resume == RESUME_AUTO:
+        return Path(checkpoint).is_file()
+    if resume is True:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
+        return True
+    if resume is False:
+        return False
+    raise ValueError(f"resume must be True, False or {RESUME_AUTO!r}, got {resume!r}")
 
 
 def seed_everything(seed: int) -> None:

@@ -51,6 +51,10 @@ class TrainConfig:
     and at the end; metrics.json scores the final weights on the whole split. ``best_metric``
     (a validation column of results.csv; losses count lower as better) chooses model_best.pt;
     ``patience`` evaluations without improvement stop the run (null: never).
+
+    Distributed runs: ``dist_timeout_s`` bounds every wait for another process (the group
+    forming, each collective); a peer silent that long ends the run. It must exceed the longest
+    time rank 0 works alone: an evaluation, and the final one of the whole validation split.
     """
 
     batch_size: int = 4
@@ -77,6 +81,7 @@ class TrainConfig:
     eval_images: int | None = 100
     best_metric: str = "voc07_map"
     patience: int | None = None
+    dist_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         def require(name: str, ok: bool, expected: str) -> None:
@@ -99,6 +104,8 @@ class TrainConfig:
             raise ValueError("train: set at least one of epochs, max_iters and max_minutes")
         for name in ("lr", "weight_decay", "momentum", "warmup_factor", "gamma"):
             require(name, _is_number(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
+        require("dist_timeout_s", _is_number(self.dist_timeout_s) and self.dist_timeout_s > 0,
+                "a number of seconds > 0")
         require("amp", isinstance(self.amp, bool), "true or false")
         require("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
         require("best_metric", self.best_metric in VALIDATION_COLUMNS, f"one of {', '.join(VALIDATION_COLUMNS)}")

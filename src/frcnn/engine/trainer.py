@@ -24,7 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import Batch, DetectionDataset, DetectionTransform
 from .callbacks import standard_callbacks
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_atomic, seed_everything, set_rng_state
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    resolve_resume,
+    rng_state,
+    save_atomic,
+    seed_everything,
+    set_rng_state,
+)
 from .distributed import DistContext, all_gather_objects, average, barrier, broadcast_code
 from .hooks import Callback
 from .run_folder import CHECKPOINT_NAME, FINAL_NAME
@@ -256,14 +264,16 @@ class Trainer:
                           num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(self.config.seed))
 
-    def run(self, resume: bool = False) -> TrainResult:
+    def run(self, resume: bool | str = False) -> TrainResult:
         """Train until the budget is spent or a callback stops the run, then write model_final.pt,
-        let the callbacks finish (the final evaluation) and write checkpoint.pt.
+        let the callbacks finish (the final evaluation) and write checkpoint.pt. ``resume``: True
+        continues from checkpoint.pt, "auto" does when it exists (``resolve_resume``).
 
         A non-finite loss raises NonFiniteLossError before any weight changes, and the last
         checkpoint stays as it was. SIGINT or SIGTERM (in the main thread) lets the current step
         finish, writes checkpoint.pt and raises TrainingInterrupted; a second signal acts at once.
         """
+        resume = resolve_resume(resume, self.checkpoint_path)
         if resume:
             self.resume()
         else:  # each rank its own stream (anchor and RoI sampling), all following the seed
