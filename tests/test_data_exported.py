@@ -116,8 +116,8 @@ def test_a_voc_size_of_the_stored_pixels_is_refused_naming_the_exif_orientation(
 
 def test_predict_detect_and_pictures_read_the_photo_as_shown(tmp_path):
     from frcnn.deploy.files import load_rgb
-    from frcnn.preprocess import as_image_tensor
     from frcnn.draw import load_image
+    from frcnn.preprocess import as_image_tensor
 
     path = tmp_path / "IMG_0001.jpg"
     save_phone_photo(path)

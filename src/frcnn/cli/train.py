@@ -38,7 +38,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                     "model_best.pt, config.yaml, log.jsonl, loss.png, results.csv, results.png, metrics.json,\n"
                     "TensorBoard events and the pictures of docs/train.md. Ctrl-C (or SIGTERM) stops after the\n"
                     "current step with a checkpoint (exit 130 / 143). Distributed: torchrun --nproc_per_node N\n"
-                    "-m frcnn train ...")
+                    "-m frcnn train ..., several nodes with torchrun's --nnodes and --rdzv-endpoint, or srun under\n"
+                    "SLURM; --resume auto makes one command serve the first start and every restart (docs/train.md).")
     parser.add_argument("--data", metavar="SPEC",
                         help=f"training data: {SPEC_HELP} (default: synthetic, or the configuration's "
                              "data.train)")
@@ -66,9 +67,10 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, metavar="B",
                         help=f"images per iteration and process (default: {TrainConfig().batch_size})")
     parser.add_argument("--seed", type=int, help=f"random seed (default: {TrainConfig().seed})")
-    parser.add_argument("--resume", action="store_true",
+    parser.add_argument("--resume", nargs="?", const=True, default=False, choices=[engine.RESUME_AUTO],
                         help="continue the run in --out from its checkpoint.pt, with the configuration "
-                             "stored there (options given here still apply) (default: start afresh)")
+                             "stored there (options given here still apply); --resume auto: the same when "
+                             "checkpoint.pt exists, else start afresh, for restarted jobs (default: start afresh)")
     parser.add_argument("--no-eval", action="store_true",
                         help="skip the evaluations while training and at the end (default: evaluate, see "
                              "train.eval_every, train.eval_minutes, train.eval_images)")
@@ -76,13 +78,11 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run)
 
 
-def _train_config(args: argparse.Namespace) -> RunConfig:
+def _train_config(args: argparse.Namespace, resume: bool) -> RunConfig:
     """The run's configuration: the stored one when resuming, else the chosen recipe; then the
     command line."""
     checkpoint = Path(args.out) / engine.CHECKPOINT_NAME
-    if args.resume:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
+    if resume:
         base = RunConfig.from_dict(engine.load_checkpoint(checkpoint)["config"])
     else:
         base = RunConfig(model=read_checkpoint(args.init).config if args.init and args.backbone is None
@@ -93,17 +93,18 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     device = engine.resolve_device(args.device)
-    context = engine.init_distributed(device)
-    try:
-        config = _train_config(args)
-        out = Path(args.out)
+    out = Path(args.out)
+    resume = engine.resolve_resume(args.resume, out / engine.CHECKPOINT_NAME)
+    config = _train_config(args, resume)
+    with engine.process_group(device, config.train.dist_timeout_s) as context:
+        engine.check_shared_folder(out, context)
         train_set, val_set = _datasets_rank0_first(config, context, need_val=not args.no_eval)
         eval_transform = DetectionTransform(config.model.preprocess)
         if context.is_main:
             say(summary(data_report(train_set, config.data.train, config.data.train_split, eval_transform)))
         engine.seed_everything(config.train.seed)
         model = new_model(config, len(train_set.class_names))
-        if args.init and not args.resume:
+        if args.init and not resume:
             report = init_weights(model, args.init)
             if context.is_main:
                 say(f"initialised from {args.init}: {report.summary()}")
@@ -120,8 +121,10 @@ def run(args: argparse.Namespace) -> int:
             _collate_for(config), config.train, out, device=device, context=context,
             metadata={"config": config.to_dict(), "class_names": list(train_set.class_names)},
             callbacks=callbacks)
+        if resume and context.is_main:
+            say(f"resuming from {out / engine.CHECKPOINT_NAME}")
         try:
-            result = trainer.run(resume=args.resume)
+            result = trainer.run(resume=resume)
         except engine.TrainingInterrupted as stopped:
             if context.is_main:
                 say(f"frcnn train: {stopped}")
@@ -135,8 +138,6 @@ def run(args: argparse.Namespace) -> int:
             print(format_metrics(result.metrics, train_set.class_names))
         say(f"total time {(time.perf_counter() - started) / 60:.1f} min")
         return 0
-    finally:
-        engine.shutdown_distributed()
 
 
 def _datasets_rank0_first(config: RunConfig, context: engine.DistContext,

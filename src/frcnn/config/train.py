@@ -31,6 +31,10 @@ class TrainConfig:
     and at the end; metrics.json scores the final weights on the whole split. ``best_metric``
     (a validation column of results.csv; losses count lower as better) chooses model_best.pt;
     ``patience`` evaluations without improvement stop the run (null: never).
+
+    Distributed runs: ``dist_timeout_s`` bounds every wait for another process (the group
+    forming, each collective); a peer silent that long ends the run. It must exceed the longest
+    time rank 0 works alone: an evaluation, and the final one of the whole validation split.
     """
 
     batch_size: int = 4
@@ -57,6 +61,7 @@ class TrainConfig:
     eval_images: int | None = 100
     best_metric: str = "voc07_map"
     patience: int | None = None
+    dist_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "log_every", "checkpoint_every", "eval_batch_size"):
@@ -65,7 +70,7 @@ class TrainConfig:
             check_int(self, name, 0)
         for name in ("max_iters", "eval_every", "eval_images", "patience"):
             check_int(self, name, 1, optional=True)
-        for name in ("epochs", "max_minutes", "clip_grad_norm", "eval_minutes"):
+        for name in ("epochs", "max_minutes", "clip_grad_norm", "eval_minutes", "dist_timeout_s"):
             check_number(self, name, 0.0, open_low=True, optional=True)
         require(self, "max_minutes", not (self.epochs is None and self.max_iters is None and self.max_minutes is None),
                 "set when epochs and max_iters are null: a run needs at least one limit")

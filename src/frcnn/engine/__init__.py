@@ -11,8 +11,19 @@ from .callbacks import (
                         build_callbacks,
                         read_log,
 )
-from .distributed import DistContext, barrier, init_distributed, resolve_device, shutdown_distributed
+from .distributed import (
+                        DistContext,
+                        PeerLostError,
+                        barrier,
+                        check_shared_folder,
+                        init_distributed,
+                        process_group,
+                        resolve_device,
+                        shutdown_distributed,
+)
 from .eval_loop import HEADLINE, Predictions, evaluate, json_safe, predict
+from .launch import Launch, detect_launch, first_host
+from .outcome import NonFiniteLossError, TrainingError, TrainingInterrupted, TrainResult
 from .results import RESULTS_COLUMNS, read_results
 from .rng import seed_everything
 from .run_folder import (
@@ -23,29 +34,24 @@ from .run_folder import (
                         LOSS_PLOT_NAME,
                         METRICS_NAME,
                         RESULTS_NAME,
+                        RESUME_AUTO,
+                        resolve_resume,
 )
 from .run_reports import ResultsTable, RunPictures
 from .sampler import IterationBatchSampler, SeededItems
 from .schedule import Budget, Progress, build_optimizer, lr_factor
-from .trainer import (
-                        NonFiniteLossError,
-                        Trainer,
-                        TrainerView,
-                        TrainingError,
-                        TrainingInterrupted,
-                        TrainResult,
-                        detector_losses,
-)
+from .trainer import Trainer, TrainerView, detector_losses
 from .validation import Evaluator, training_state_kept, validation_losses
 
 __all__ = [
     "BEST_NAME", "BestCheckpoint", "Budget", "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "Callback", "CheckpointError",
     "DistContext", "EarlyStopping", "Evaluation", "Evaluator", "FINAL_NAME", "Forward", "HEADLINE",
-    "IterationBatchSampler", "JsonLog", "LOG_NAME", "LOSS_PLOT_NAME", "METRICS_NAME", "NonFiniteLossError",
-    "PeriodicCheckpoint", "Predictions", "Progress", "ProgressBar", "RESULTS_COLUMNS", "RESULTS_NAME",
-    "ResultsTable", "RunPictures", "RunView", "SeededItems", "TensorBoard",
+    "IterationBatchSampler", "JsonLog", "LOG_NAME", "LOSS_PLOT_NAME", "Launch", "METRICS_NAME", "NonFiniteLossError",
+    "PeerLostError", "PeriodicCheckpoint", "Predictions", "Progress", "ProgressBar", "RESULTS_COLUMNS",
+    "RESULTS_NAME", "RESUME_AUTO", "ResultsTable", "RunPictures", "RunView", "SeededItems", "TensorBoard",
     "TrainResult", "Trainer", "TrainerView", "TrainingError", "TrainingInterrupted",
-    "barrier", "build_callbacks", "build_optimizer", "detector_losses", "evaluate", "init_distributed",
-    "json_safe", "load_checkpoint", "lr_factor", "predict", "read_log", "read_results", "resolve_device",
-    "save_checkpoint", "seed_everything", "shutdown_distributed", "training_state_kept", "validation_losses",
+    "barrier", "build_callbacks", "build_optimizer", "check_shared_folder", "detect_launch", "detector_losses",
+    "evaluate", "first_host", "init_distributed", "json_safe", "load_checkpoint", "lr_factor", "predict",
+    "process_group", "read_log", "read_results", "resolve_device", "resolve_resume", "save_checkpoint",
+    "seed_everything", "shutdown_distributed", "training_state_kept", "validation_losses",
 ]

@@ -29,8 +29,9 @@ from ..data import Batch
 from ..data.batching import orientation_groups
 from .callback import Callback, Evaluation, Forward
 from .distributed import DistContext, all_gather_objects, average, barrier, broadcast_code
+from .outcome import NonFiniteLossError, TrainingError, TrainingInterrupted, TrainResult
 from .rng import rng_state, seed_everything, set_rng_state
-from .run_folder import CHECKPOINT_NAME, FINAL_NAME
+from .run_folder import CHECKPOINT_NAME, FINAL_NAME, resolve_resume
 from .sampler import IterationBatchSampler, SeededItems
 from .schedule import Budget, Progress, build_optimizer, lr_factor
 
@@ -39,44 +40,10 @@ _GO_ON, _FINISH = 0, -1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot go on."""
-
-
-class NonFiniteLossError(TrainingError):
-    """A loss became NaN or infinite; the message names the iteration and the losses."""
-
-
-class TrainingInterrupted(TrainingError):
-    """SIGINT or SIGTERM stopped the run after a step; ``checkpoint`` holds it for a resume.
-    ``exit_status``: 128 + the signal's number (130, 143)."""
-
-    def __init__(self, signal_number: int, iteration: int, checkpoint: Path) -> None:
-        name = signal.Signals(signal_number).name
-        super().__init__(f"stopped by {name} after iteration {iteration}; wrote {checkpoint} "
-                         "(--resume continues the run)")
-        self.exit_status = 128 + signal_number
-        self.checkpoint = checkpoint
-
-
 def detector_losses(model: nn.Module, batch: Batch) -> Mapping[str, Tensor]:
     """The detector's training call on a collated batch (already on the model's device)."""
     return model(batch.images, batch.im_info, batch.gt_boxes, batch.num_boxes,
                  ignore_boxes=batch.ignore_boxes, num_ignore=batch.num_ignore)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Where a finished run stopped and the files it wrote. ``metrics``: the final evaluation, of
-    the whole validation split (None without one); ``stop_reason``: why a callback ended the run
-    early."""
-
-    iterations: int
-    elapsed_s: float
-    checkpoint: Path
-    final_model: Path
-    metrics: dict[str, float] | None
-    stop_reason: str | None
 
 
 @dataclass
@@ -239,14 +206,16 @@ class Trainer:
                           num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(self.config.seed))
 
-    def run(self, resume: bool = False) -> TrainResult:
+    def run(self, resume: bool | str = False) -> TrainResult:
         """Train until the budget is spent or a callback stops the run, then write model_final.pt,
-        let the callbacks finish (the final evaluation) and write checkpoint.pt.
+        let the callbacks finish (the final evaluation) and write checkpoint.pt. ``resume``: True
+        continues from checkpoint.pt, "auto" does when it exists (``resolve_resume``).
 
         A non-finite loss raises NonFiniteLossError before any weight changes, and the last
         checkpoint stays as it was. SIGINT or SIGTERM (in the main thread) lets the current step
         finish, writes checkpoint.pt and raises TrainingInterrupted; a second signal acts at once.
         """
+        resume = resolve_resume(resume, self.checkpoint_path)
         if resume:
             self.resume()
         else:  # each rank its own stream (anchor and RoI sampling), all following the seed
