@@ -23,7 +23,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         description="Evaluate a checkpoint on a dataset (VOC and COCO AP, RPN recall), or score a COCO-style\n"
                     "results file (--detections) against a dataset.")
     parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
-                        help="a checkpoint written by 'frcnn train' (model_final.pt or checkpoint.pt)")
+                        help="a checkpoint written by 'frcnn train' (model_final.pt or checkpoint.pt), "
+                             "torchvision:ARCH:PATH or torchvision:ARCH (torchvision's published COCO weights)")
     parser.add_argument("--detections", metavar="RESULTS.json",
                         help="score this COCO-style results file instead of a checkpoint; needs --data "
                              "(default: none)")

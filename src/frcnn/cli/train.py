@@ -51,8 +51,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", choices=BACKBONES,
                         help="the model recipe to start from (default: --init's, else small)")
     parser.add_argument("--init", metavar="CHECKPOINT",
-                        help="start from these weights: an frcnn checkpoint or torchvision:ARCH:PATH (a "
-                             "torchvision Faster R-CNN state dict); its recipe unless --backbone is given; "
+                        help="start from these weights: an frcnn checkpoint, torchvision:ARCH:PATH (a "
+                             "torchvision Faster R-CNN state dict) or torchvision:ARCH (its published COCO "
+                             "weights, downloaded once into torch's hub cache); its recipe unless --backbone is given; "
                              "tensors that fit are loaded, the class-specific ones made new (default: none)")
     parser.add_argument("--fpn", action="store_true", help="add a feature pyramid to the recipe (default: off)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
