@@ -146,10 +146,7 @@ def _datasets_rank0_first(config: RunConfig, context: engine.DistContext,
     """The training and evaluation sets; rank 0 reads (or generates) them before the others."""
     def load() -> tuple[DetectionDataset, DetectionDataset | None]:
         train_set = open_dataset(config.data, "train")
-        val_set = open_dataset(config.data, "val") if need_val and context.is_main else None
-        if val_set is not None and tuple(val_set.class_names) != tuple(train_set.class_names):
-            raise ValueError(f"the evaluation data's classes {list(val_set.class_names)} differ from the "
-                             f"training data's {list(train_set.class_names)}")
+        val_set = open_dataset(config.data, "val", train_set.class_names) if need_val and context.is_main else None
         return train_set, val_set
 
     if context.is_main:
