@@ -68,7 +68,7 @@ def test_own_classes_train_from_voc_and_evaluate_alike_on_every_layout(folders, 
     write_yolo_layout(other, names=("bolt", "cross", "nut", "screw", "washer", "spring"))
     assert main(["eval", str(run / "model_final.pt"), "--data", f"yolo:{other / 'data.yaml'}", "--split", "val"]) == 1
     err = capsys.readouterr().err
-    assert "frcnn eval: error: the checkpoint detects ['bolt', 'cross', 'nut', 'screw', 'washer'], but the data's " \
+    assert "frcnn eval: error: the model detects ['bolt', 'cross', 'nut', 'screw', 'washer'], but the data's " \
            "classes are ['bolt', 'cross', 'nut', 'screw', 'washer', 'spring']" in err
 
 

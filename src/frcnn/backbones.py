@@ -15,7 +15,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .config import BackboneConfig
+from .config import PUBLISHED_WEIGHTS, BackboneConfig
+from .hub import published_weights_file
 
 SMALL_WIDTHS = (32, 64, 128, 256)
 SMALL_GROUPS = 8
@@ -128,7 +129,10 @@ def _small_stages() -> tuple[list[nn.Module], tuple[int, ...], tuple[int, ...]]:
     return stages, (2, 4, 8, 16), SMALL_WIDTHS
 
 
-def _load_state_dict(module: nn.Module, path: str) -> None:
+def _load_state_dict(module: nn.Module, config: BackboneConfig) -> None:
+    """Load ``config.weights`` into ``module``: a local state dict, or "imagenet": torchvision's
+    published ImageNet weights of ``config.name`` from torch's hub cache (downloaded on first use)."""
+    path = published_weights_file(config.name) if config.weights == PUBLISHED_WEIGHTS else config.weights
     state = torch.load(path, map_location="cpu", weights_only=True)
     module.load_state_dict(state)
 
@@ -136,7 +140,7 @@ def _load_state_dict(module: nn.Module, path: str) -> None:
 def _vgg16(config: BackboneConfig, own_head: bool):
     net = torchvision.models.vgg16(weights=None)
     if config.weights:
-        _load_state_dict(net, config.weights)
+        _load_state_dict(net, config)
     features = net.features
     # conv1 .. conv5 (conv5_3 at stride 16: the last max-pool is dropped); each block after the
     # first starts with the previous block's max-pool.
@@ -149,7 +153,7 @@ def _resnet(config: BackboneConfig, own_head: bool):
     build = {"resnet50": torchvision.models.resnet50, "resnet101": torchvision.models.resnet101}[config.name]
     net = build(weights=None, norm_layer=norm_layer(config.norm))
     if config.weights:
-        _load_state_dict(net, config.weights)
+        _load_state_dict(net, config)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     stages = [stem, net.layer1, net.layer2, net.layer3]
     strides, channels = (4, 4, 8, 16), (64, 256, 512, 1024)
@@ -167,7 +171,7 @@ def _mobilenet_v3_large(config: BackboneConfig):
     """``features`` of torchvision's MobileNetV3-Large, one stage per block (17)."""
     net = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=norm_layer(config.norm))
     if config.weights:
-        _load_state_dict(net, config.weights)
+        _load_state_dict(net, config)
     stages = list(net.features)
     strides, stride = [], 1
     for block in stages:
@@ -180,8 +184,8 @@ def build_backbone(config: BackboneConfig, own_head: bool = False) -> tuple[Back
     """The backbone of ``config`` and, when ``own_head`` and it has one, its own RoI box head.
 
     torchvision models are built with ``weights=None``; ``config.weights`` names a local state
-    dict. ResNets and MobileNetV3 use ``config.norm``'s BatchNorm; the first
-    ``config.frozen_stages`` stages are frozen.
+    dict or "imagenet" (``_load_state_dict``). ResNets and MobileNetV3 use ``config.norm``'s
+    BatchNorm; the first ``config.frozen_stages`` stages are frozen.
     """
     taps = None
     head = None
@@ -197,7 +201,7 @@ def build_backbone(config: BackboneConfig, own_head: bool = False) -> tuple[Back
     backbone = Backbone(stages, strides, channels, config.fpn_channels if config.fpn else None, taps,
                         config.fpn_norm)
     if config.name == "small" and config.weights:
-        _load_state_dict(backbone.stages, config.weights)
+        _load_state_dict(backbone.stages, config)
     backbone.freeze(config.frozen_stages)
     if own_head and head is None:
         raise ValueError(f"backbone {config.name!r}{' with FPN' if config.fpn else ''} has no RoI head of its "

@@ -179,9 +179,10 @@ class FasterRCNN(nn.Module):
     def load(cls, source: str | Path | Checkpoint, device: torch.device | str | None = None,
              config: ModelConfig | None = None) -> FasterRCNN:
         """The model of a checkpoint: an frcnn checkpoint file, ``torchvision:ARCH:PATH`` (a
-        torchvision detector's state dict) or weights already read (``Checkpoint``); in eval mode
-        on ``device`` (default CPU), with its class names and its configuration (``config``
-        instead, when given, which must take the same weights)."""
+        torchvision detector's state dict), ``torchvision:ARCH`` (torchvision's published COCO
+        weights, fetched once into torch's hub cache) or weights already read (``Checkpoint``);
+        in eval mode on ``device`` (default CPU), with its class names and its configuration
+        (``config`` instead, when given, which must take the same weights)."""
         checkpoint = source if isinstance(source, Checkpoint) else read_checkpoint(str(source))
         model = cls(len(checkpoint.class_names), config=config or checkpoint.config,
                     class_names=checkpoint.class_names)
@@ -190,8 +191,9 @@ class FasterRCNN(nn.Module):
 
     @classmethod
     def from_torchvision(cls, source: Any, arch: str | None = None) -> FasterRCNN:
-        """A torchvision Faster R-CNN (the model, its state dict or the path of one; ``arch`` one
-        of ``config.TORCHVISION_ARCHS``, needed unless ``source`` is the model) as an frcnn model
+        """A torchvision Faster R-CNN (the model, its state dict, the path of one, or an ARCH name
+        for its published COCO weights; ``arch`` one of ``config.TORCHVISION_ARCHS``, needed for a
+        state dict or its path) as an frcnn model
         with the architecture's ``torchvision_config`` recipe, in eval mode."""
         return cls.load(torchvision_weights(source, arch))
 

@@ -1,5 +1,6 @@
 """Weights from elsewhere: torchvision's Faster R-CNN detectors as frcnn weights (``Checkpoint``),
-and the checkpoint specs that name either kind (``read_checkpoint``).
+and the checkpoint specs that name either kind (``read_checkpoint``); ``torchvision:ARCH`` names
+torchvision's published COCO weights of ARCH (``hub.published_weights_file``).
 
 A torchvision state dict is renamed into frcnn's layout by the rules of its architecture's
 recipe (``config.torchvision_config``); BatchNorm buffers are carried whether the checkpoint has
@@ -10,12 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, CheckpointError, read_frcnn_checkpoint, read_torch_file
 from .config import TORCHVISION_ARCHS, ModelConfig, torchvision_config
+from .hub import published_weights_file
 
 SPEC_PREFIX = "torchvision:"
 COCO_CLASSES = 91
@@ -120,9 +123,13 @@ def checkpoint_norm(state: Mapping[str, Tensor]) -> str:
 
 
 def torchvision_weights(source: Any, arch: str | None = None) -> Checkpoint:
-    """A torchvision detector (model, state dict or the path of one) as frcnn weights for
-    ``FasterRCNN.load``: the recipe of ``arch`` (found from the model when ``source`` is one, whose
-    transform sizes and thresholds are then kept too)."""
+    """A torchvision detector (model, state dict, the path of one, or an ARCH name: its published
+    COCO weights) as frcnn weights for ``FasterRCNN.load``: the recipe of ``arch`` (found from the
+    model when ``source`` is one, whose transform sizes and thresholds are then kept too)."""
+    if isinstance(source, str) and source in TORCHVISION_ARCHS:
+        if arch not in (None, source):
+            raise ValueError(f"source names {source} but arch is {arch}")
+        arch, source = source, published_weights_file(source)
     if isinstance(source, nn.Module):
         arch = arch or torchvision_arch(source)
         config = model_rules(source, torchvision_config(arch))
@@ -133,14 +140,27 @@ def torchvision_weights(source: Any, arch: str | None = None) -> Checkpoint:
     return torchvision_checkpoint(read_torchvision_state(source), config, f"torchvision {arch} weights")
 
 
-def parse_spec(spec: str) -> tuple[str, str] | None:
-    """``torchvision:ARCH:PATH`` -> (ARCH, PATH); None for anything else (an frcnn checkpoint)."""
+def parse_spec(spec: str) -> tuple[str, str | None] | None:
+    """``torchvision:ARCH:PATH`` -> (ARCH, PATH), ``torchvision:ARCH`` -> (ARCH, None: the
+    published weights); None for anything else (an frcnn checkpoint)."""
     if not spec.startswith(SPEC_PREFIX):
         return None
     arch, _, path = spec[len(SPEC_PREFIX):].partition(":")
-    if arch not in TORCHVISION_ARCHS or not path:
-        raise ValueError(f"{spec}: expected torchvision:ARCH:PATH with ARCH one of {', '.join(TORCHVISION_ARCHS)}")
-    return arch, path
+    if arch not in TORCHVISION_ARCHS:
+        raise ValueError(f"{spec}: expected torchvision:ARCH or torchvision:ARCH:PATH with ARCH one of "
+                         f"{', '.join(TORCHVISION_ARCHS)}")
+    return arch, path or None
+
+
+def spec_file(spec: str) -> Path:
+    """The file a checkpoint spec reads: an frcnn checkpoint's path, ``torchvision:ARCH:PATH``'s
+    PATH, or for ``torchvision:ARCH`` the file of torchvision's published COCO weights of ARCH in
+    torch's hub cache (downloaded on first use: ``hub.published_weights_file``)."""
+    parsed = parse_spec(spec)
+    if parsed is None:
+        return Path(spec)
+    arch, path = parsed
+    return Path(path) if path is not None else published_weights_file(arch)
 
 
 def torchvision_checkpoint(state: Mapping[str, Tensor], config: ModelConfig, origin: str) -> Checkpoint:
@@ -158,10 +178,11 @@ def torchvision_checkpoint(state: Mapping[str, Tensor], config: ModelConfig, ori
 
 
 def read_checkpoint(spec: str) -> Checkpoint:
-    """The weights of a checkpoint spec, read on the CPU: an frcnn checkpoint file or
-    ``torchvision:ARCH:PATH`` (a torchvision detector's saved state dict)."""
+    """The weights of a checkpoint spec, read on the CPU: an frcnn checkpoint file,
+    ``torchvision:ARCH:PATH`` (a torchvision detector's saved state dict) or ``torchvision:ARCH``
+    (torchvision's published COCO weights of ARCH, ``spec_file``)."""
     parsed = parse_spec(spec)
+    path = spec_file(spec)
     if parsed is None:
-        return read_frcnn_checkpoint(spec)
-    arch, path = parsed
-    return torchvision_checkpoint(read_torchvision_state(path), torchvision_config(arch), path)
+        return read_frcnn_checkpoint(path)
+    return torchvision_checkpoint(read_torchvision_state(path), torchvision_config(parsed[0]), str(path))

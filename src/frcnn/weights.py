@@ -1,4 +1,4 @@
-"""Starting from a checkpoint spec (an frcnn checkpoint or ``torchvision:ARCH:PATH``): a new model
+"""Starting from a checkpoint spec (an frcnn checkpoint or ``torchvision:ARCH[:PATH]``): a new model
 started from its weights (``init_weights``), and the run configuration a checkpoint carries
 (``run_config``). ``FasterRCNN.load`` is the one loader of a whole model."""
 from __future__ import annotations
@@ -35,7 +35,7 @@ class InitReport:
 
 
 def init_weights(model: nn.Module, spec: str) -> InitReport:
-    """Start ``model`` from the checkpoint ``spec`` (frcnn or ``torchvision:ARCH:PATH``): every
+    """Start ``model`` from the checkpoint ``spec`` (frcnn or ``torchvision:ARCH[:PATH]``): every
     tensor whose name and shape fit is loaded; the class-specific layers (the box classifier and
     regressor) stay new when their shapes differ; any other missing, unexpected or differently
     shaped tensor is a ValueError naming it and both shapes."""

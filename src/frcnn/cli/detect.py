@@ -25,7 +25,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                     f"category_id = label), {IMAGES_NAME} with the COCO image and category lists its ids\n"
                     "refer to, and with --save-images one PNG per image with the detections drawn.")
     parser.add_argument("model", metavar="MODEL",
-                        help="a checkpoint written by 'frcnn train', torchvision:ARCH:PATH, or FILE.onnx")
+                        help="a checkpoint written by 'frcnn train', torchvision:ARCH:PATH, torchvision:ARCH "
+                             "(torchvision's published COCO weights, downloaded once into torch's hub cache), "
+                             "or FILE.onnx")
     parser.add_argument("images", nargs="+", metavar="IMAGES",
                         help="image files, folders (their image files) or glob patterns such as 'photos/**/*.jpg'")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="output folder (default: %(default)s)")

@@ -23,7 +23,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         description="Evaluate a checkpoint on a dataset (VOC and COCO AP, RPN recall), or score a COCO-style\n"
                     "results file (--detections) against a dataset.")
     parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
-                        help="a checkpoint written by 'frcnn train' (model_final.pt or checkpoint.pt)")
+                        help="a checkpoint written by 'frcnn train' (model_final.pt or checkpoint.pt), "
+                             "torchvision:ARCH:PATH or torchvision:ARCH (torchvision's published COCO weights)")
     parser.add_argument("--detections", metavar="RESULTS.json",
                         help="score this COCO-style results file instead of a checkpoint; needs --data "
                              "(default: none)")
@@ -56,16 +57,12 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = read_checkpoint(args.checkpoint)
     config = run_config(checkpoint, args.set)
     model = FasterRCNN.load(checkpoint, device, config.model)
-    class_names = list(model.class_names)
     data = config.data
     if args.data:
         data = replace(data, val=args.data)
     if args.split:
         data = replace(data, val_split=args.split)
-    dataset = open_dataset(data, "val")
-    if list(dataset.class_names) != class_names:
-        raise ValueError(f"the checkpoint detects {class_names}, but the data's classes are "
-                         f"{list(dataset.class_names)}")
+    dataset = open_dataset(data, "val", model.class_names)
     batch_size = args.batch_size or config.train.eval_batch_size
     transform = DetectionTransform(config.model.preprocess)
     metrics, predictions = engine.evaluate(model, dataset, transform, device, batch_size, progress_bar=not args.json)

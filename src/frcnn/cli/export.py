@@ -21,7 +21,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                     "reporting success it runs the export with onnxruntime and the checkpoint with PyTorch\n"
                     "on a few images and checks that the detections agree (docs/deploy.md).")
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="a checkpoint written by 'frcnn train', or torchvision:ARCH:PATH")
+                        help="a checkpoint written by 'frcnn train', torchvision:ARCH:PATH, or torchvision:ARCH "
+                             "(torchvision's published COCO weights, downloaded once into torch's hub cache)")
     parser.add_argument("--format", default="onnx", choices=["onnx"], help="(default: %(default)s)")
     parser.add_argument("--out", metavar="FILE.onnx",
                         help="where to write the model (default: the checkpoint's path with .onnx)")

@@ -51,8 +51,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", choices=BACKBONES,
                         help="the model recipe to start from (default: --init's, else small)")
     parser.add_argument("--init", metavar="CHECKPOINT",
-                        help="start from these weights: an frcnn checkpoint or torchvision:ARCH:PATH (a "
-                             "torchvision Faster R-CNN state dict); its recipe unless --backbone is given; "
+                        help="start from these weights: an frcnn checkpoint, torchvision:ARCH:PATH (a "
+                             "torchvision Faster R-CNN state dict) or torchvision:ARCH (its published COCO "
+                             "weights, downloaded once into torch's hub cache); its recipe unless --backbone is given; "
                              "tensors that fit are loaded, the class-specific ones made new (default: none)")
     parser.add_argument("--fpn", action="store_true", help="add a feature pyramid to the recipe (default: off)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
@@ -145,10 +146,7 @@ def _datasets_rank0_first(config: RunConfig, context: engine.DistContext,
     """The training and evaluation sets; rank 0 reads (or generates) them before the others."""
     def load() -> tuple[DetectionDataset, DetectionDataset | None]:
         train_set = open_dataset(config.data, "train")
-        val_set = open_dataset(config.data, "val") if need_val and context.is_main else None
-        if val_set is not None and tuple(val_set.class_names) != tuple(train_set.class_names):
-            raise ValueError(f"the evaluation data's classes {list(val_set.class_names)} differ from the "
-                             f"training data's {list(train_set.class_names)}")
+        val_set = open_dataset(config.data, "val", train_set.class_names) if need_val and context.is_main else None
         return train_set, val_set
 
     if context.is_main:

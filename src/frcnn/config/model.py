@@ -28,6 +28,8 @@ from .plain import overlay, read_yaml_mapping, to_plain
 BACKBONES = ("small", "vgg16", "resnet50", "resnet101", "mobilenet_v3_large")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# BackboneConfig.weights naming torchvision's published ImageNet weights of the backbone.
+PUBLISHED_WEIGHTS = "imagenet"
 
 
 def _is_list(value: object) -> bool:
@@ -72,7 +74,9 @@ class BackboneConfig:
     """Feature extractor. ``frozen_stages`` leading stages keep their weights (VGG16: conv1..conv5
     blocks; ResNet: stem, res2, res3, ...; small: stem, three stages; MobileNetV3: the 17 blocks of
     ``features``). ``weights`` is a local state dict: the torchvision ImageNet classification
-    model's for VGG16 / ResNet / MobileNetV3, ``Backbone.stages``' for small. ``norm``: the
+    model's for VGG16 / ResNet / MobileNetV3, ``Backbone.stages``' for small; or "imagenet":
+    torchvision's published ImageNet weights of VGG16 / ResNet / MobileNetV3 (its ``DEFAULT``
+    ones), downloaded once into torch's hub cache. ``norm``: the
     BatchNorm of ResNet and MobileNetV3, "frozen" (fixed statistics and affine, torchvision's
     ``FrozenBatchNorm2d``) or "batch" (``nn.BatchNorm2d``); ``fpn_norm``: "none" (biased FPN
     convolutions) or "batch" (unbiased convolutions then BatchNorm, torchvision's v2 FPN)."""
@@ -90,7 +94,10 @@ class BackboneConfig:
         check_bool(self, "fpn")
         check_int(self, "fpn_channels", 1)
         check_int(self, "frozen_stages", 0)
-        require(self, "weights", self.weights is None or isinstance(self.weights, str), "a path or null")
+        require(self, "weights", self.weights is None or isinstance(self.weights, str),
+                f"a path, {PUBLISHED_WEIGHTS} or null")
+        require(self, "weights", self.weights != PUBLISHED_WEIGHTS or self.name != "small",
+                f"a path or null for the small backbone (it has no published {PUBLISHED_WEIGHTS} weights)")
         check_choice(self, "norm", ("frozen", "batch"))
         check_choice(self, "fpn_norm", ("none", "batch"))
         require(self, "fpn", self.fpn or self.name != "mobilenet_v3_large",
