@@ -35,9 +35,16 @@ def _env(workdir: Path) -> dict[str, str]:
 
 def frcnn(workdir: Path, *args: str, launcher: tuple[str, ...] = (sys.executable, "-m", "frcnn"),
           timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the command line in ``workdir``, the synthetic data cached there."""
-    return subprocess.run([*launcher, *args], cwd=workdir, env=_env(workdir), capture_output=True, text=True,
-                          timeout=timeout)
+    """Run the command line in ``workdir``, the synthetic data cached there. On a timeout the whole
+    process group goes (torchrun's workers too, which would otherwise outlive the test)."""
+    with subprocess.Popen([*launcher, *args], cwd=workdir, env=_env(workdir), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
