@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ from frcnn.atomic import (
 )
 from frcnn.checkpoint import CheckpointError, load_checkpoint, read_torch_file, save_checkpoint
 from frcnn.cli.main import main
+from frcnn.config import RunConfig, SyntheticConfig
+from frcnn.data import DetectionTransform, collate, open_dataset
+from frcnn.engine import Trainer
+from frcnn.model import FasterRCNN
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -260,3 +265,22 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is(tmp_path: Path, make, k
     assert message == (f"{path} is not a readable checkpoint: {kind}; expected an frcnn checkpoint "
                        "(a file written by torch.save)")
     assert "weights_only" not in message and "\n" not in message
+
+
+def test_a_run_removes_the_temporaries_a_killed_run_left_in_its_folder(tmp_path: Path) -> None:
+    config = RunConfig()
+    synthetic = SyntheticConfig(num_train=2, num_val=1, long_side=(64, 64), object_size=(12.0, 30.0), max_objects=2)
+    data = replace(config.data, train=f"synthetic:{tmp_path / 'data'}", synthetic=synthetic)
+    dataset = open_dataset(data, "train")
+    preprocess = replace(config.model.preprocess, min_size=64, max_size=64)
+    model = FasterRCNN(len(dataset.class_names), config=replace(config.model, preprocess=preprocess))
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("checkpoint.pt", "model_best.pt"):
+        (out / f".{name}.{_host()}.{_dead_pid()}.1.tmp").write_bytes(b"half a checkpoint")
+    (out / "notes.tmp").write_text("the user's")
+    train = replace(config.train, batch_size=2, max_iters=1, max_minutes=None, warmup_iters=1)
+    trainer = Trainer(model, dataset.with_transform(DetectionTransform(preprocess)), collate, train, out,
+                      metadata={"config": {}}, device=torch.device("cpu"))
+    trainer.run()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "model_final.pt", "notes.tmp"]
