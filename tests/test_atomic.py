@@ -284,3 +284,11 @@ def test_a_run_removes_the_temporaries_a_killed_run_left_in_its_folder(tmp_path:
                       metadata={"config": {}}, device=torch.device("cpu"))
     trainer.run()
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "model_final.pt", "notes.tmp"]
+
+
+def test_the_first_write_into_a_folder_removes_every_leftover_there(tmp_path: Path) -> None:
+    leftover = tmp_path / "out" / f".image_3.png.{_host()}.{_dead_pid()}.1.tmp"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"half a picture")
+    write_json_atomic(tmp_path / "out" / "detections.json", [])
+    assert [p.name for p in leftover.parent.iterdir()] == ["detections.json"]

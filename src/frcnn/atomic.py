@@ -4,8 +4,9 @@ for a user (checkpoints, tables, JSON, pictures) goes through here.
 
 A write that fails for a reason of the system (a full disk, a file-size limit, no permission) is
 one ``WriteError`` naming the target file and the cause. The temporary file of a write that was
-killed outright (SIGKILL, a lost node) is removed by the next write of the same file on the same
-host, or by ``remove_leftovers`` of its folder, once the process that wrote it is gone.
+killed outright (SIGKILL, a lost node) is removed, once the process that wrote it is gone and on
+the same host, by the next process that writes into its folder, by the next write over the same
+file, and by ``remove_leftovers`` of its folder (a training run calls it as it starts).
 """
 from __future__ import annotations
 
@@ -82,17 +83,36 @@ def remove_leftovers(folder: str | Path, name: str | None = None) -> list[Path]:
     return removed
 
 
+# The folders this process has removed leftovers from: each is listed at its first write only
+# (listing a folder of many outputs at every write would cost more than the writes).
+_TIDIED: set[Path] = set()
+_TIDIED_LOCK = threading.Lock()
+
+
+def _tidy(path: Path) -> None:
+    """Remove the leftovers of ended writers in ``path``'s folder at this process's first write
+    there, and those of ``path`` itself whenever it is written over (a checkpoint)."""
+    folder = path.parent.resolve()
+    with _TIDIED_LOCK:
+        first = folder not in _TIDIED
+        _TIDIED.add(folder)
+    if first:
+        remove_leftovers(folder)
+    elif path.exists():
+        remove_leftovers(folder, path.name)
+
+
 @contextmanager
 def replacing(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` (its folder created) to write to; renamed over ``path``
-    when the block ends without an error, removed in any case. Leftover temporaries of ``path``
-    from killed writers are removed first. An OSError (in the block or around it) becomes a
+    when the block ends without an error, removed in any case. Leftover temporaries of killed
+    writers are removed first (``_tidy``). An OSError (in the block or around it) becomes a
     WriteError naming ``path``."""
     path = Path(path)
     temporary = path.with_name(_temporary_name(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(path.parent, path.name)
+        _tidy(path)
         yield temporary
         os.replace(temporary, path)
     except WriteError:
