@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -292,3 +293,23 @@ def test_the_first_write_into_a_folder_removes_every_leftover_there(tmp_path: Pa
     leftover.write_bytes(b"half a picture")
     write_json_atomic(tmp_path / "out" / "detections.json", [])
     assert [p.name for p in leftover.parent.iterdir()] == ["detections.json"]
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:  # in the child: an ignored SIGXFSZ stays ignored across exec
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_frcnn_train_under_a_file_size_limit_stops_in_one_line_naming_the_checkpoint(tmp_path: Path) -> None:
+    tiny = ["data.synthetic.num_train=2", "data.synthetic.num_val=1", "data.synthetic.long_side=[64,64]",
+            "model.preprocess.min_size=32", "model.preprocess.max_size=64", "train.batch_size=2",
+            "train.max_iters=1", "train.warmup_iters=1"]
+    done = subprocess.run([sys.executable, "-m", "frcnn", "train", "--out", "run", "--no-eval", "--set", *tiny],
+                          cwd=tmp_path, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+                          preexec_fn=_file_size_limit(1_000_000), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == ("frcnn train: error: cannot write run/model_final.pt: File too "
+                                                    "large (--debug shows the traceback)")
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
