@@ -313,3 +313,12 @@ def test_frcnn_train_under_a_file_size_limit_stops_in_one_line_naming_the_checkp
     assert done.stderr.strip().splitlines()[-1] == ("frcnn train: error: cannot write run/model_final.pt: File too "
                                                     "large (--debug shows the traceback)")
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_backbone_weights_that_are_an_html_page_say_so(tmp_path: Path) -> None:
+    page = tmp_path / "small.pth"
+    page.write_text("<html><body>Access denied</body></html>")
+    with pytest.raises(CheckpointError) as raised:
+        FasterRCNN(3, backbone_weights=str(page))
+    assert str(raised.value) == (f"{page} is not a readable checkpoint: it is an HTML page (what a failed download "
+                                 "leaves); expected backbone weights, a state dict (a file written by torch.save)")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .checkpoint import read_torch_file
 from .config import BackboneConfig
 
 SMALL_WIDTHS = (32, 64, 128, 256)
@@ -129,8 +129,7 @@ def _small_stages() -> tuple[list[nn.Module], tuple[int, ...], tuple[int, ...]]:
 
 
 def _load_state_dict(module: nn.Module, path: str) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
+    module.load_state_dict(read_torch_file(path, expected="backbone weights, a state dict"))
 
 
 def _vgg16(config: BackboneConfig, own_head: bool):

@@ -41,10 +41,11 @@ class Checkpoint:
     run_config: dict[str, Any] | None = None
 
 
-def read_torch_file(path: str | Path) -> Any:
+def read_torch_file(path: str | Path, expected: str = "an frcnn checkpoint") -> Any:
     """What a file written by ``torch.save`` holds, on the CPU; CheckpointError when it is missing
     or not readable as such (``weights_only``: only tensors and plain values load). The error says
-    what the file is instead (``foreign_file_kind``) and never suggests loading it otherwise."""
+    what the file is instead (``foreign_file_kind``) and what was ``expected``, and never suggests
+    loading it otherwise."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -52,7 +53,7 @@ def read_torch_file(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged or foreign file raises one of several types
         kind = foreign_file_kind(path, error)
-        raise CheckpointError(f"{path} is not a readable checkpoint: {kind}; expected an frcnn checkpoint "
+        raise CheckpointError(f"{path} is not a readable checkpoint: {kind}; expected {expected} "
                               "(a file written by torch.save)") from error
 
 
