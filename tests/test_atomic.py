@@ -116,32 +116,37 @@ _FILLING = {  # each writer, given a payload larger than the file-size limit bel
 
 _UNDER_SIZE_LIMIT = """
 import resource, signal, sys
+from pathlib import Path
 import numpy as np, torch
 from matplotlib.figure import Figure
 from frcnn.atomic import WriteError, append_text, replacing, save_figure_atomic, save_torch_atomic, write_json_atomic
 from frcnn.draw import save_png
-path = sys.argv[1]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
-try:
-    {write}
-except WriteError as error:
-    print(error)
+for writer, path in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        exec(WRITERS[writer])
+    except WriteError as error:
+        print(error)
 """
 
 
-@pytest.mark.parametrize("writer", sorted(_FILLING))
-def test_a_file_size_limit_is_one_line_naming_the_file_and_the_old_file_stays(tmp_path: Path, writer: str) -> None:
-    path = tmp_path / "run" / "file"
-    path.parent.mkdir()
-    path.write_bytes(b"the old contents")
-    script = _UNDER_SIZE_LIMIT.format(write=_FILLING[writer])
-    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
-    kept = "" if writer == "append_text" else "; the previous file is unchanged"
-    assert done.stdout == f"cannot write {path}: File too large{kept}\n", done.stderr
-    if writer != "append_text":
-        assert path.read_bytes() == b"the old contents"
-    assert [p.name for p in path.parent.iterdir()] == ["file"]
+def test_a_file_size_limit_is_one_line_naming_the_file_and_the_old_file_stays(tmp_path: Path) -> None:
+    arguments, expected = [], []
+    for writer in sorted(_FILLING):
+        path = tmp_path / writer / "file"
+        path.parent.mkdir()
+        path.write_bytes(b"the old contents")
+        arguments += [writer, str(path)]
+        expected.append(f"cannot write {path}: File too large" + ("" if writer == "append_text" else
+                                                                  "; the previous file is unchanged"))
+    script = f"WRITERS = {_FILLING!r}\n{_UNDER_SIZE_LIMIT}"
+    done = subprocess.run([sys.executable, "-c", script, *arguments], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == expected, done.stderr
+    for writer in _FILLING:
+        path = tmp_path / writer / "file"
+        assert writer == "append_text" or path.read_bytes() == b"the old contents"
+        assert [p.name for p in path.parent.iterdir()] == ["file"]
 
 
 @pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "No space left on device"),
