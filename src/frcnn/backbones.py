@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .checkpoint import read_torch_file
 from .config import PUBLISHED_WEIGHTS, BackboneConfig
 from .hub import published_weights_file
 
@@ -133,8 +133,7 @@ def _load_state_dict(module: nn.Module, config: BackboneConfig) -> None:
     """Load ``config.weights`` into ``module``: a local state dict, or "imagenet": torchvision's
     published ImageNet weights of ``config.name`` from torch's hub cache (downloaded on first use)."""
     path = published_weights_file(config.name) if config.weights == PUBLISHED_WEIGHTS else config.weights
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
+    module.load_state_dict(read_torch_file(path, expected="backbone weights, a state dict"))
 
 
 def _vgg16(config: BackboneConfig, own_head: bool):

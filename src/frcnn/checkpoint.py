@@ -8,6 +8,8 @@ state dict); the trainer adds its progress and, in checkpoint.pt, the training s
 """
 from __future__ import annotations
 
+import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +41,66 @@ class Checkpoint:
     run_config: dict[str, Any] | None = None
 
 
-def read_torch_file(path: str | Path) -> Any:
+def read_torch_file(path: str | Path, expected: str = "an frcnn checkpoint") -> Any:
     """What a file written by ``torch.save`` holds, on the CPU; CheckpointError when it is missing
-    or not readable as such (``weights_only``: only tensors and plain values load)."""
+    or not readable as such (``weights_only``: only tensors and plain values load). The error says
+    what the file is instead (``foreign_file_kind``) and what was ``expected``, and never suggests
+    loading it otherwise."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged or foreign file raises one of several types
-        detail = str(error).splitlines()[0] if str(error) else "no detail"
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {detail})") from error
+        kind = foreign_file_kind(path, error)
+        raise CheckpointError(f"{path} is not a readable checkpoint: {kind}; expected {expected} "
+                              "(a file written by torch.save)") from error
+
+
+# The start of an HTML page, as a failed download saves it (after a byte-order mark and blanks).
+_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL = b"\x80"
+
+
+def foreign_file_kind(path: Path, error: BaseException) -> str:
+    """What the file at ``path`` is, given that ``torch.load(weights_only=True)`` refused it with
+    ``error``: empty, an HTML page, a truncated or foreign zip archive, a pickle of objects other
+    than tensors and plain values, text, or unknown bytes. PyTorch's own advice to load with
+    ``weights_only=False`` is never passed on: it runs the file's code."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if not head:
+        return "the file is empty (0 bytes)"
+    refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if refused:
+        return f"it holds a Python object of type {refused.group(1)}, which a checkpoint may not (only tensors " \
+               "and plain values load)"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(_HTML_STARTS):
+        return "it is an HTML page (what a failed download leaves)"
+    if head.startswith(_ZIP_MAGIC):
+        return _zip_kind(path)
+    if head.startswith(_PICKLE_PROTOCOL):
+        return "it is a truncated pickle" if isinstance(error, EOFError) else "it is a pickle, not a torch.save file"
+    try:
+        return f"it is a text file beginning {head.decode('utf-8').strip()[:40]!r}"
+    except UnicodeDecodeError:
+        return f"it is {path.stat().st_size} bytes of an unknown kind (beginning {head[:8].hex(' ')})"
+
+
+def _zip_kind(path: Path) -> str:
+    """What a file that starts as a zip archive holds: damaged or truncated, a torch.save archive
+    that does not load, or an archive of something else (its first member named)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "it is a truncated or damaged zip archive"
+    if any(name.endswith("/data.pkl") for name in names):
+        return "it is a damaged torch.save archive"
+    first = f"first member {names[0]!r}" if names else "empty"
+    return f"it is a zip archive of something else ({first})"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

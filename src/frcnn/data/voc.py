@@ -110,6 +110,8 @@ def _number(node: ET.Element, tag: str, path: Path, item: str | None, kind: type
         return kind(float(text)) if kind is int else kind(text)
     except ValueError as error:
         raise dataset_error(path, f"<{tag}> is not a number: {text!r}", item) from error
+    except OverflowError as error:  # int(float("inf"))
+        raise dataset_error(path, f"<{tag}> is not a finite number: {text!r}", item) from error
 
 
 def _flag(node: ET.Element, tag: str, path: Path, item: str) -> bool:

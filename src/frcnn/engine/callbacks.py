@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..atomic import write_text_atomic
+from ..atomic import append_text, write_text_atomic
 from ..charts import plot_training_log
 from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
@@ -47,8 +47,7 @@ class JsonLog(Callback):
 
     def on_log(self, run: RunView, record: Mapping[str, float]) -> None:
         self.records.append(dict(record))
-        with open(run.out_dir / LOG_NAME, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_text(run.out_dir / LOG_NAME, json.dumps(record) + "\n")
 
     def on_train_end(self, run: RunView) -> None:
         keys = [key for key in (self.records[0] if self.records else {}) if key not in _NOT_LOSSES]

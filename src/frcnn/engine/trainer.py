@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..atomic import remove_leftovers
 from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data import Batch
@@ -223,6 +224,7 @@ class Trainer:
         self.resumed = resume
         if self.context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.out_dir)  # the temporaries of writes a killed run left
         model = self.model
         if self.context.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
