@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from frcnn.cli.main import build_parser
+from frcnn.config import TrainConfig
 from frcnn.engine import (
     RESUME_AUTO,
     Launch,
-    TrainConfig,
     detect_launch,
     first_host,
     load_checkpoint,
@@ -113,7 +113,7 @@ def test_the_resume_option_refuses_other_words() -> None:
 
 @pytest.mark.parametrize("value", [0, -1.0, None, "soon", True, float("inf")])
 def test_the_distributed_timeout_must_be_positive_seconds(value: object) -> None:
-    with pytest.raises(ValueError, match="train.dist_timeout_s must be a number of seconds > 0"):
+    with pytest.raises(ValueError, match="TrainConfig.dist_timeout_s must be a number > 0"):
         TrainConfig(dist_timeout_s=value)
 
 

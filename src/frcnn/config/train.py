@@ -70,12 +70,13 @@ class TrainConfig:
             check_int(self, name, 0)
         for name in ("max_iters", "eval_every", "eval_images", "patience"):
             check_int(self, name, 1, optional=True)
-        for name in ("epochs", "max_minutes", "clip_grad_norm", "eval_minutes", "dist_timeout_s"):
+        for name in ("epochs", "max_minutes", "clip_grad_norm", "eval_minutes"):
             check_number(self, name, 0.0, open_low=True, optional=True)
         require(self, "max_minutes", not (self.epochs is None and self.max_iters is None and self.max_minutes is None),
                 "set when epochs and max_iters are null: a run needs at least one limit")
         for name in ("lr", "weight_decay", "momentum", "warmup_factor", "gamma"):
             check_number(self, name, 0.0)
+        check_number(self, "dist_timeout_s", 0.0, open_low=True)
         check_bool(self, "amp")
         check_choice(self, "schedule", SCHEDULES)
         check_choice(self, "best_metric", VALIDATION_COLUMNS)
