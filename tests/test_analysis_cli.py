@@ -92,3 +92,20 @@ def test_suggest_without_fit_is_one_line(workdir: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == ("frcnn anchors: error: --suggest, --json and --anchors-per-cell need --fit "
                                      "(--debug shows the traceback)")
+
+
+def test_a_checkpoint_brings_its_anchors_and_class_names(workdir: Path) -> None:
+    env = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
+    trained = subprocess.run([sys.executable, "-m", "frcnn", "train", "--out", "run", "--set", *TINY,
+                              "train.max_iters=1", "train.batch_size=2", "model.anchors.scales=[2,4]"],
+                             cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    report = json.loads(ok(frcnn(workdir, "--fit", "--json", "--checkpoint", "run/model_final.pt", "--out", "ckpt",
+                                 "--set", *TINY)).stdout)
+    assert report["anchors"]["scales"] == [2.0, 4.0]
+    ok(frcnn(workdir, "--checkpoint", "run/model_final.pt", "--out", "ckpt.png", "--set", *TINY))
+    assert (workdir / "ckpt.png").read_bytes()[:8] == PNG_MAGIC
+    refused = frcnn(workdir, "--checkpoint", "run/model_final.pt", "--fpn")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == ("frcnn anchors: error: --checkpoint brings its own model: give it without "
+                                      "--backbone and --fpn (--debug shows the traceback)")

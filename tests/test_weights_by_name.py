@@ -4,19 +4,23 @@ network, and one line naming the URL and the path when the file is absent and ca
 No test touches the network: the downloader is replaced."""
 from __future__ import annotations
 
+import json
 import socket
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from torchvision.models import detection, get_model_weights
 
 from frcnn import hub
 from frcnn.backbones import build_backbone
 from frcnn.cli.main import main
-from frcnn.config import BackboneConfig, torchvision_config
+from frcnn.config import BackboneConfig, DataConfig, torchvision_config
+from frcnn.data import DatasetError, open_dataset
 from frcnn.model import FasterRCNN
 from frcnn.weights import init_weights
 
@@ -114,3 +118,31 @@ def test_cache_path_is_torch_hubs(torch_home):
     assert hub.cache_path(url) == torch_home / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
     with pytest.raises(ValueError, match="torchvision publishes no weights for 'small'"):
         hub.published_weights_url("small")
+
+
+def test_coco_weights_by_name_evaluate_a_folder_of_a_few_coco_classes(torch_home, tmp_path, capsys):
+    """torchvision's COCO models name 90 labels, every unused id 'N/A': a dataset of three of
+    their classes, in another order and with other category ids, reads with the model's labels."""
+    torch.save(seeded_detector().state_dict(), cached_file(torch_home, ARCH))
+    categories = [{"id": 7, "name": "dog"}, {"id": 8, "name": "person"}, {"id": 9, "name": "car"}]
+    content = {"categories": categories, "images": [], "annotations": []}
+    for image_id in (1, 2):
+        Image.fromarray(np.full((120, 160, 3), 40 * image_id, np.uint8)).save(tmp_path / f"{image_id}.jpg")
+        content["images"].append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 160, "height": 120})
+        content["annotations"].append({"id": image_id, "image_id": image_id, "category_id": 6 + image_id,
+                                       "bbox": [10, 20, 60, 50], "area": 3000, "iscrowd": 0})
+    (tmp_path / "val.json").write_text(json.dumps(content))
+    spec = f"coco:{tmp_path / 'val.json'}:{tmp_path}"
+    model = FasterRCNN.load(f"torchvision:{ARCH}")
+    dataset = open_dataset(DataConfig(train=spec), "val", model.class_names)
+    assert dataset.class_names == model.class_names
+    assert [model.class_names[int(a.labels[0]) - 1] for a in dataset.annotations] == ["dog", "person"]
+    assert main(["eval", f"torchvision:{ARCH}", "--data", spec, "--split", "val", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"voc07_ap/dog", "voc07_ap/person", "voc07_ap/car"} <= metrics.keys()
+    assert main(["eval", f"torchvision:{ARCH}", "--data", spec, "--split", "val"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table if line.startswith(("person ", "dog ", "car "))] == ["person", "dog"]
+    assert table[-1] == "(88 more classes of the model have no objects in the data)"
+    with pytest.raises(DatasetError, match="but the data's classes are"):
+        open_dataset(DataConfig(train=spec), "val", ("dog", "person", "N/A", "N/A"))

@@ -15,8 +15,11 @@ from ..analysis.anchor_search import SAMPLE_IMAGES
 from ..anchor_targets import assign_anchor_targets
 from ..anchors import concat_anchors
 from ..config import BACKBONES, RunConfig, default_config
-from ..data import SPEC_HELP, DetectionTransform, collate, open_dataset
+from ..data import SPEC_HELP, DetectionDataset, DetectionTransform, collate, open_dataset
 from ..draw import draw_anchor_targets, image_to_uint8, save_png
+from ..model import FasterRCNN
+from ..pretrained import read_checkpoint
+from ..weights import run_config
 from .common import HelpFormatter, config_options, layered_config, new_model, say
 
 DEFAULT_OUT = "runs/anchors.png"
@@ -39,9 +42,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="the split of --data (default: %(default)s)")
     parser.add_argument("--index", type=int, default=0, metavar="I",
                         help="the image's index in the split (default: %(default)s)")
-    parser.add_argument("--backbone", choices=BACKBONES, default="small",
-                        help="the recipe the configuration starts from, as in frcnn train (default: %(default)s)")
+    parser.add_argument("--backbone", choices=BACKBONES,
+                        help="the recipe the configuration starts from, as in frcnn train (default: small)")
     parser.add_argument("--fpn", action="store_true", help="the recipe with a feature pyramid (default: off)")
+    parser.add_argument("--checkpoint", metavar="CHECKPOINT",
+                        help="start from this checkpoint's configuration, weights and class names instead of a "
+                             "recipe: a file 'frcnn train' wrote, torchvision:ARCH[:PATH] (default: none)")
     config_options(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the anchor sampling, and of --suggest's sample (default: %(default)s)")
@@ -63,20 +69,22 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = layered_config(RunConfig(model=default_config(args.backbone, args.fpn)), args)
     if args.suggest or args.json or args.anchors_per_cell is not None:
         if not args.fit:
             raise ValueError("--suggest, --json and --anchors-per-cell need --fit")
+    config, model = _configured_model(args)
+    class_names = None if model is None else model.class_names
+    dataset = open_dataset(replace(config.data, train_split=args.split), "train", class_names)
     if args.fit:
-        return run_fit(args, config)
-    dataset = open_dataset(replace(config.data, train_split=args.split), "train")
+        return run_fit(args, config, dataset)
     if not 0 <= args.index < len(dataset):
         raise ValueError(f"--index {args.index} is outside the {len(dataset)} images of {config.data.train} "
                          f"{args.split}")
     transform = DetectionTransform(config.model.preprocess)
     batch = collate([dataset.with_transform(transform)[args.index]])
-    torch.manual_seed(args.seed)
-    model = new_model(config, len(dataset.class_names)).eval()
+    if model is None:
+        torch.manual_seed(args.seed)
+        model = new_model(config, len(dataset.class_names)).eval()
     with torch.no_grad():
         features = model.backbone(batch.images)
     grids = model.anchor_grids(features, batch.images.shape[-2:])
@@ -100,8 +108,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_fit(args: argparse.Namespace, config: RunConfig) -> int:
-    dataset = open_dataset(replace(config.data, train_split=args.split), "train")
+def _configured_model(args: argparse.Namespace) -> tuple[RunConfig, FasterRCNN | None]:
+    """The configuration (a recipe or ``--checkpoint``'s, then --config, --set and the options)
+    and the checkpoint's model (None without one)."""
+    if args.checkpoint is None:
+        return layered_config(RunConfig(model=default_config(args.backbone or "small", args.fpn)), args), None
+    if args.backbone is not None or args.fpn:
+        raise ValueError("--checkpoint brings its own model: give it without --backbone and --fpn")
+    checkpoint = read_checkpoint(args.checkpoint)
+    config = layered_config(run_config(checkpoint), args)
+    return config, FasterRCNN.load(checkpoint, "cpu", config.model)
+
+
+def run_fit(args: argparse.Namespace, config: RunConfig, dataset: DetectionDataset) -> int:
     out = Path(args.out or DEFAULT_FIT_OUT)
     say(f"fitting the anchors to {config.data.train} {args.split} ({len(dataset)} images)")
     report = anchor_report(dataset, config.model, suggest=args.suggest, anchors_per_cell=args.anchors_per_cell,

@@ -61,17 +61,25 @@ def print_metrics(metrics: Mapping[str, float], class_names: Sequence[str], as_j
         print(format_metrics(metrics, class_names))
 
 def format_metrics(metrics: Mapping[str, float], class_names: Sequence[str]) -> str:
-    """The headline metrics, then the per-class VOC07 and COCO AP, as an aligned text table."""
+    """The headline metrics, then the per-class VOC07 and COCO AP, as an aligned text table; the
+    classes with neither (no objects in the data, e.g. COCO weights on a few of COCO's classes)
+    are counted in one line rather than listed."""
     def shown(value: float | None) -> str:
-        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+        return "-" if undefined(value) else f"{value:.4f}"
+
+    def undefined(value: float | None) -> bool:
+        return value is None or (isinstance(value, float) and math.isnan(value))
 
     lines = [f"{'metric':<20} value"]
     lines += [f"{name:<20} {shown(metrics[name])}" for name in engine.HEADLINE if name in metrics]
     if any(f"voc07_ap/{name}" in metrics for name in class_names):
+        scores = {name: (metrics.get(f"voc07_ap/{name}"), metrics.get(f"coco_ap/{name}")) for name in class_names}
+        listed = [name for name, (voc, coco) in scores.items() if not (undefined(voc) and undefined(coco))]
         lines.append("")
         lines.append(f"{'class':<20} {'voc07_ap':>8} {'coco_ap':>8}")
-        lines += [f"{name:<20} {shown(metrics.get(f'voc07_ap/{name}')):>8} {shown(metrics.get(f'coco_ap/{name}')):>8}"
-                  for name in class_names]
+        lines += [f"{name:<20} {shown(scores[name][0]):>8} {shown(scores[name][1]):>8}" for name in listed]
+        if len(listed) < len(class_names):
+            lines.append(f"({len(class_names) - len(listed)} more classes of the model have no objects in the data)")
     return "\n".join(lines)
 
 def say(message: str) -> None:
