@@ -256,6 +256,12 @@ BAD_LISTS = [
      "data.augment[0].transforms[0] must be a torchvision.transforms.v2 transform or MultiScale, got 'Foo'"),
     ("data.augment=[AutoAugment]", "data.augment[0] must be a transform of an image with its boxes (Inputs of "
                                    "type BoundingBoxes are not supported by AutoAugment()), got 'AutoAugment'"),
+    ("data.augment=[{RandomChoice: {transforms: [RandomHorizontalFlip, AutoAugment]}}]",
+     "data.augment[0].transforms[1] must be a transform of an image with its boxes (Inputs of type BoundingBoxes "
+     "are not supported by AutoAugment()), got 'AutoAugment'"),
+    ("data.augment=[{RandomApply: {transforms: [Grayscale], p: 0.01}}]",
+     "data.augment[0].transforms[0] must be a transform that keeps the image a (3, H, W) float image in [0, 1] "
+     "with its boxes (frcnn augments before the model's own resize and normalisation), got 'Grayscale'"),
     ("data.augment=[Grayscale]", "data.augment[0] must be a transform that keeps the image a (3, H, W) float "
                                  "image in [0, 1] with its boxes (frcnn augments before the model's own resize and "
                                  "normalisation), got 'Grayscale'"),

@@ -5,9 +5,10 @@ A list entry is a v2 class name (``RandomHorizontalFlip``) or a mapping of one c
 parameters (``{RandomZoomOut: {side_range: [1, 2]}}``); the containers (``CONTAINERS``) take their
 ``transforms`` as such a list. ``{MultiScale: {scales: [low, high]}}`` is frcnn's own step (at the
 top of the list, once): the model's resize takes ``min_size`` times a factor drawn uniformly from
-[low, high] for each image. Each top-level entry is built and tried once on a small image with
-boxes, so that an unknown name, a bad parameter or a transform that cannot take an image with its
-boxes is refused here, in one line naming ``data.augment[i]``, rather than mid-run.
+[low, high] for each image. Each entry is built, and each transform (with p = 1) tried once on a
+small image with boxes, so that an unknown name, a bad parameter or a transform that cannot take
+an image with its boxes is refused here, in one line naming ``data.augment[i]``, rather than
+mid-run.
 ``frcnn.data.augment`` builds the training pipeline from the checked steps.
 """
 from __future__ import annotations
@@ -56,17 +57,21 @@ def multi_scale(steps: Sequence[Step]) -> tuple[float, float] | None:
     return (float(scales[0][0]), float(scales[0][1])) if scales else None
 
 
-def v2_transform(step: Step, fill: Sequence[float] | None = None) -> v2.Transform:
+def v2_transform(step: Step, fill: Sequence[float] | None = None, certain: bool = False) -> v2.Transform:
     """The torchvision.transforms.v2 object of a step other than ``MultiScale`` (containers with
     their ``transforms`` built too); ``fill`` is given to a class that takes one when the step
-    does not set it."""
+    does not set it. ``certain``: a transform applied with a probability ``p`` is built with p = 1
+    (the trial at configuration time)."""
     name = step_name(step)
     params = dict(step[name])
     if name in CONTAINERS:
         params["transforms"] = [v2_transform(inner, fill) for inner in params.get("transforms", [])]
     cls = getattr(v2, name)
-    if fill is not None and "fill" in inspect.signature(cls).parameters and "fill" not in params:
+    takes = inspect.signature(cls).parameters
+    if fill is not None and "fill" in takes and "fill" not in params:
         params["fill"] = tuple(fill)
+    if certain and "p" in takes and name not in CONTAINERS:
+        params["p"] = 1.0
     return cls(**params)
 
 
@@ -91,7 +96,7 @@ def check_augment(owner: object, name: str) -> None:
 
 
 def _checked_step(entry: object, node: str, where: str, top: bool) -> Step:
-    """One list entry in the stored form, checked (and, at the top of the list, tried)."""
+    """One list entry in the stored form, checked and tried (``top``: at the top of the list)."""
     def refuse(rule: str) -> ConfigError:
         return ConfigError(node, where, entry, rule)
 
@@ -127,18 +132,18 @@ def _checked_step(entry: object, node: str, where: str, top: bool) -> Step:
                      "boxes no crop fits is tried forever")
     step = {name: params}
     try:
-        transform = v2_transform(step)
+        v2_transform(step)
     except Exception as error:  # torchvision's own check of its parameters, whatever it raises
         raise refuse(f"{name} with valid parameters ({_first_line(error)})") from None
-    if top:
-        _try(transform, refuse)
+    if name not in CONTAINERS:  # a container's transforms were tried one by one
+        _try(v2_transform(step, certain=True), refuse)
     return step
 
 
 def _try(transform: v2.Transform, refuse: Any) -> None:
-    """Run ``transform`` once on a small float image with two boxes and labels (the global random
-    stream left as it was); ``refuse(rule)`` unless it keeps a (3, H, W) float image in [0, 1]
-    with its boxes."""
+    """Run ``transform`` (built with p = 1) once on a small float image with two boxes and labels
+    (the global random stream left as it was); ``refuse(rule)`` unless it keeps a (3, H, W) float
+    image in [0, 1] with its boxes."""
     image = tv_tensors.Image(torch.linspace(0, 1, 3 * 48 * 64).reshape(3, 48, 64))
     boxes = tv_tensors.BoundingBoxes([[4.0, 6.0, 30.0, 40.0], [20.0, 10.0, 60.0, 44.0]], format="XYXY",
                                      canvas_size=(48, 64))
