@@ -81,14 +81,11 @@ def check_augment(owner: object, name: str) -> None:
     ``name`` (and the entry, ``name[i]``) otherwise."""
     value = getattr(owner, name)
     node = type(owner).__name__
-    if isinstance(value, str):
+    if isinstance(value, str) or not isinstance(value, Sequence):
         if value not in RECIPES:
             raise ConfigError(node, name, value, f"one of {', '.join(map(repr, RECIPES))} or a list of "
                                                  "torchvision.transforms.v2 steps")
         return
-    if not isinstance(value, Sequence):
-        raise ConfigError(node, name, value, f"one of {', '.join(map(repr, RECIPES))} or a list of "
-                                             "torchvision.transforms.v2 steps")
     steps = tuple(_checked_step(entry, node, f"{name}[{index}]", top=True) for index, entry in enumerate(value))
     if sum(step_name(step) == MULTI_SCALE for step in steps) > 1:
         raise ConfigError(node, name, value, f"a list with at most one {MULTI_SCALE}")
