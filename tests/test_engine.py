@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from frcnn.config import RunConfig, SyntheticConfig, TrainConfig
-from frcnn.data import DetectionTransform, collate, open_dataset
+from frcnn.data import DetectionTransform, collate, open_dataset, training_transform
 from frcnn.engine import (
     RESULTS_COLUMNS,
     Budget,
@@ -86,7 +86,7 @@ def _train(config: RunConfig, out: Path, resume: bool = False, forward=detector_
     callbacks = build_callbacks(config.train, open_dataset(config.data, "val") if validate else None,
                                 DetectionTransform(config.model.preprocess), progress_bar=False)
     callbacks = [c for c in callbacks if pictures or not isinstance(c, RunPictures)]
-    training = DetectionTransform(config.model.preprocess, config.data.flip_prob)
+    training = training_transform(config.data, config.model.preprocess)
     trainer = Trainer(model, dataset.with_transform(training), collate, config.train,
                       out, metadata={"config": config.to_dict(), "class_names": list(dataset.class_names)},
                       device=torch.device("cpu"), forward=forward, callbacks=[*callbacks, *extra_callbacks])
@@ -225,14 +225,20 @@ def test_generator_states_round_trip_through_a_checkpoint(tmp_path: Path) -> Non
 # ---------------------------------------------------------------- the loop
 
 
-def test_resumed_run_ends_with_the_same_weights(tiny_config: RunConfig, tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment, workers", [("flip", 0), ("default", 0), ("default", 2)])
+def test_resumed_run_ends_with_the_same_weights(tiny_config: RunConfig, tmp_path: Path, augment: str,
+                                                workers: int) -> None:
+    """An uninterrupted run without loader workers, and the same run stopped and resumed with
+    ``workers`` of them, end with the same weights."""
+    tiny_config = replace(tiny_config, data=replace(tiny_config.data, augment=augment))
     straight, straight_model = _train(tiny_config, tmp_path / "straight")
+    stopping = _with_train(tiny_config, num_workers=workers)
     with pytest.raises(_Interrupted):
-        _train(tiny_config, tmp_path / "stopped", forward=_forward_failing_at(3, "interrupt"))
+        _train(stopping, tmp_path / "stopped", forward=_forward_failing_at(3, "interrupt"))
     progress = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["progress"]
     assert progress["iteration"] == 2
     assert round(progress["elapsed_s"], 2) == read_log(tmp_path / "stopped" / "log.jsonl")[1]["elapsed_s"]
-    resumed, resumed_model = _train(tiny_config, tmp_path / "stopped", resume=True)
+    resumed, resumed_model = _train(stopping, tmp_path / "stopped", resume=True)
     assert straight.iterations == resumed.iterations == 4
     _same_weights(straight_model, resumed_model)
     assert [r["iter"] for r in read_log(tmp_path / "stopped" / "log.jsonl")] == [1, 2, 3, 4]

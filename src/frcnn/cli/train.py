@@ -11,7 +11,7 @@ from typing import Any
 from .. import engine
 from ..atomic import write_text_atomic
 from ..config import BACKBONES, RunConfig, TrainConfig, default_config
-from ..data import SPEC_HELP, DetectionDataset, DetectionTransform, collate, open_dataset
+from ..data import SPEC_HELP, DetectionDataset, DetectionTransform, collate, open_dataset, training_transform
 from ..data.report import data_report, summary
 from ..pretrained import read_checkpoint
 from ..weights import init_weights
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         callbacks = engine.build_callbacks(config.train, val_set, eval_transform,
                                            main_process=context.is_main)
         trainer = engine.Trainer(
-            model, train_set.with_transform(DetectionTransform(config.model.preprocess, config.data.flip_prob)),
+            model, train_set.with_transform(training_transform(config.data, config.model.preprocess)),
             _collate_for(config), config.train, out, device=device, context=context,
             metadata={"config": config.to_dict(), "class_names": list(train_set.class_names)},
             callbacks=callbacks)

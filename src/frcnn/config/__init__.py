@@ -2,10 +2,11 @@
 
 Modules: ``model`` (the detector's nodes, ``ModelConfig``), ``recipes`` (each backbone's and
 torchvision's ``ModelConfig``), ``train`` (``TrainConfig``), ``data`` (``DataConfig``,
-``SyntheticConfig``), ``run`` (``RunConfig``: model, train, data), ``plain`` (plain data, YAML
-layering, ``--set`` assignments). Values are checked by ``frcnn.field_checks``. The package reads
-no files but the YAML it is given, and imports nothing from frcnn but ``frcnn.field_checks`` and
-the anchor target layer's ``AnchorTargetConfig``.
+``SyntheticConfig``), ``augment`` (``data.augment``'s recipes and list form, checked against
+torchvision.transforms.v2), ``run`` (``RunConfig``: model, train, data), ``plain`` (plain data,
+YAML layering, ``--set`` assignments). Values are checked by ``frcnn.field_checks``. The package
+reads no files but the YAML it is given, and imports nothing from frcnn but ``frcnn.field_checks``
+and the anchor target layer's ``AnchorTargetConfig``.
 """
 from ..anchor_targets.config import AnchorTargetConfig
 from .data import BAD_DATA_POLICIES, DataConfig, SyntheticConfig

@@ -6,6 +6,7 @@ name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..field_checks import (
     check_bool,
@@ -17,6 +18,7 @@ from ..field_checks import (
     check_text,
     require,
 )
+from .augment import check_augment
 
 # What a reader does with bad data or objects of unknown classes: stop, or drop it and count it.
 BAD_DATA_POLICIES = ("error", "skip")
@@ -74,9 +76,12 @@ class DataConfig:
     or a text file with one name a line) fixes the classes and their order; objects of other
     classes stop the run, or with ``unknown_classes: skip`` are left out and counted. ``on_bad``:
     ``error`` stops at the first bad file, line, object or image, ``skip`` drops it with a warning
-    and counts it (docs/data.md). Training images are flipped horizontally with probability
-    ``flip_prob`` (the resize and normalisation are the model's, ``model.preprocess``).
-    ``synthetic`` shapes the embedded dataset.
+    and counts it (docs/data.md). ``augment`` is how training images are augmented before the
+    model's own resize and normalisation (``model.preprocess``): "none", "flip" (a horizontal
+    flip with probability ``flip_prob``), "default" (``frcnn.config.augment.DEFAULT_STEPS``, then
+    that flip) or a list of torchvision.transforms.v2 steps (``frcnn.config.augment``; the list is
+    the whole augmentation, ``flip_prob`` unused). Evaluation never augments. ``synthetic``
+    shapes the embedded dataset.
     """
 
     train: str = "synthetic"
@@ -86,6 +91,7 @@ class DataConfig:
     class_names: tuple[str, ...] | str | None = None
     unknown_classes: str = "error"
     on_bad: str = "error"
+    augment: str | tuple[dict[str, Any], ...] = "flip"
     flip_prob: float = 0.5
     keep_difficult: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -102,6 +108,7 @@ class DataConfig:
                 "names that differ from each other")
         check_choice(self, "unknown_classes", BAD_DATA_POLICIES)
         check_choice(self, "on_bad", BAD_DATA_POLICIES)
+        check_augment(self, "augment")
         check_number(self, "flip_prob", 0.0, 1.0)
         check_bool(self, "keep_difficult")
         check_nodes(self)

@@ -75,8 +75,8 @@ class IterationBatchSampler:
 
 class SeededItems(Dataset):
     """``dataset`` indexed by (index, seed) keys: the item is made with torch's global generator
-    seeded by the key's seed, and the generator's state is restored afterwards, so random flips
-    repeat and the caller's random stream is left alone."""
+    seeded by the key's seed, and the generator's state is restored afterwards, so the
+    augmentation's draws repeat and the caller's random stream is left alone."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
