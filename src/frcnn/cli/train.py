@@ -84,7 +84,7 @@ def _train_config(args: argparse.Namespace, resume: bool) -> RunConfig:
     command line."""
     checkpoint = Path(args.out) / engine.CHECKPOINT_NAME
     if resume:
-        base = RunConfig.from_dict(engine.load_checkpoint(checkpoint)["config"])
+        base = RunConfig.from_stored(engine.load_checkpoint(checkpoint)["config"])
     else:
         base = RunConfig(model=read_checkpoint(args.init).config if args.init and args.backbone is None
                          else default_config(args.backbone or "small", args.fpn))
