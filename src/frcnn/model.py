@@ -230,7 +230,7 @@ class FasterRCNN(nn.Module):
     def _rpn_outputs(self, images: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
         """The backbone's feature maps, in the active autocast precision (images in its
         ``memory_format``), and the RPN head's logits (B, N, K) and deltas (B, N, 4) widened to float32."""
-        layout = memory_format(active_precision(images.device), images.device)
+        layout = memory_format(active_precision(images.device), images.device, self.training)
         if layout is not torch.contiguous_format:
             images = images.contiguous(memory_format=layout)
         features = self.backbone(images)

@@ -133,7 +133,7 @@ class Trainer:
     def numerics(self) -> dict[str, str]:
         """The concrete precision the run trains in and the memory format its images take."""
         return {"precision": self.precision,
-                "memory_format": memory_format_name(memory_format(self.precision, self.device))}
+                "memory_format": memory_format_name(memory_format(self.precision, self.device, training=True))}
 
     @property
     def checkpoint_path(self) -> Path:
