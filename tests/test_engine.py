@@ -225,12 +225,16 @@ def test_generator_states_round_trip_through_a_checkpoint(tmp_path: Path) -> Non
 # ---------------------------------------------------------------- the loop
 
 
-def test_resumed_run_ends_with_the_same_weights(tiny_config: RunConfig, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resumed_run_ends_with_the_same_weights(tiny_config: RunConfig, tmp_path: Path, precision: str) -> None:
+    tiny_config = replace(tiny_config, train=replace(tiny_config.train, precision=precision))
     straight, straight_model = _train(tiny_config, tmp_path / "straight")
     with pytest.raises(_Interrupted):
         _train(tiny_config, tmp_path / "stopped", forward=_forward_failing_at(3, "interrupt"))
-    progress = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["progress"]
+    stored = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    progress = stored["progress"]
     assert progress["iteration"] == 2
+    assert stored["numerics"] == {"precision": precision, "memory_format": "contiguous"}
     assert round(progress["elapsed_s"], 2) == read_log(tmp_path / "stopped" / "log.jsonl")[1]["elapsed_s"]
     resumed, resumed_model = _train(tiny_config, tmp_path / "stopped", resume=True)
     assert straight.iterations == resumed.iterations == 4
