@@ -50,6 +50,9 @@ class FasterRCNN(nn.Module):
     ``propose(images, im_info)`` returns the RPN's proposals per image; ``predict(images)`` runs
     the model, with its own preprocessing, on plain images; ``predict_padded(images)`` is the same
     inference for a batch of one size as one traceable function (the ONNX export's graph).
+    Inference computes in the test settings' ``precision`` (or a call's ``precision``); training
+    in the autocast region its caller enters (``frcnn.precision``: the trainer's
+    ``train.precision``); either way the numerically sensitive parts stay float32.
 
     images (B, 3, H, W) normalised and zero-padded; im_info (B, 3) rows (height, width, scale) of
     each image's valid region; gt_boxes (B, K, 5) rows (x1, y1, x2, y2, label) in resized

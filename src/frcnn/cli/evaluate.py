@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     if args.precision:
         config = config.with_values({"model.test.precision": args.precision})
     model = FasterRCNN.load(checkpoint, device, config.model)
-    say(f"evaluating on {device} in {describe(config.model.test.precision, device, training=False)}")
     data = config.data
     if args.data:
         data = replace(data, val=args.data)
@@ -70,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = open_dataset(data, "val", model.class_names)
     batch_size = args.batch_size or config.train.eval_batch_size
     transform = DetectionTransform(config.model.preprocess)
+    say(f"evaluating on {device} in {describe(config.model.test.precision, device, training=False)}")
     metrics, predictions = engine.evaluate(model, dataset, transform, device, batch_size, progress_bar=not args.json)
     if args.save_detections:
         write_results_json(args.save_detections, dataset, predictions.detections)
