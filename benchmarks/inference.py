@@ -12,6 +12,11 @@ onnxruntime; the median call is reported, and the fastest in brackets.
 
     .venv/bin/python benchmarks/inference.py             # markdown table, batch 1 and 4
     .venv/bin/python benchmarks/inference.py --profile   # and where frcnn's and torchvision's time goes
+    .venv/bin/python benchmarks/inference.py --precision bf16   # frcnn and torchvision under bf16
+
+Each row says its precision and memory format; frcnn at its default precision (``auto``) is
+compared with torchvision at its default fp32 in rows of their own where those differ from
+``--precision``.
 
 OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set), as in train_step.py.
 """
@@ -22,8 +27,10 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
 import torch
@@ -33,7 +40,8 @@ from frcnn.config import default_config
 from frcnn.deploy.export import export_onnx
 from frcnn.deploy.runtime import OnnxDetector
 from frcnn.model import FasterRCNN
-from train_step import copy_into_torchvision, synthetic_batch, torchvision_twin
+from frcnn.precision import autocast, describe, resolve_precision
+from train_step import CPU, copy_into_torchvision, synthetic_batch, torchvision_twin
 
 
 def trained_model(images: torch.Tensor, batch, classes: int, steps: int) -> FasterRCNN:
@@ -54,27 +62,53 @@ def trained_model(images: torch.Tensor, batch, classes: int, steps: int) -> Fast
     return model.eval()
 
 
-def runners(model: FasterRCNN, onnx_model: OnnxDetector, twin: torch.nn.Module):
-    """name -> a function of images (B, 3, H, W) in [0, 1] returning the detections per image."""
-    def frcnn(images):
-        return [len(found["scores"]) for found in model.predict(list(images))]
+class Runner(NamedTuple):
+    """A row: a function of images (B, 3, H, W) in [0, 1] returning the detections per image,
+    the precision and memory format it computes in, and the row it is compared with."""
+
+    function: Callable[[torch.Tensor], list[int]]
+    numerics: str
+    reference: str
+
+
+def runners(model: FasterRCNN, onnx_model: OnnxDetector, twin: torch.nn.Module, precision: str) -> dict[str, Runner]:
+    """name -> ``Runner``: frcnn (PyTorch) and torchvision at ``precision`` (torchvision under the
+    same autocast), frcnn's ONNX graph (fp32); then frcnn at its default precision and torchvision
+    at its default fp32, where those differ from ``precision``, each compared with the other."""
+    def frcnn(at: str):
+        return lambda images: [len(found["scores"]) for found in model.predict(list(images), precision=at)]
+
+    def torchvision(at: str):
+        def run(images):
+            with autocast(at, CPU):
+                return [len(found["scores"]) for found in twin(list(images))]
+        return run
 
     def onnxruntime(images):
         return onnx_model(images.numpy()).counts.tolist()
 
-    def torchvision(images):
-        return [len(found["scores"]) for found in twin(list(images))]
+    same = "torchvision FasterRCNN"
+    rows = {"frcnn (PyTorch)": Runner(frcnn(precision), describe(precision, CPU, training=False), same),
+            "frcnn (ONNX, onnxruntime)": Runner(onnxruntime, "fp32, contiguous", same),
+            same: Runner(torchvision(precision), f"{precision}, contiguous", same)}
+    default = resolve_precision("auto", CPU)
+    theirs = same if precision == "fp32" else "torchvision FasterRCNN, default"
+    ours = "frcnn (PyTorch)" if default == precision else "frcnn (PyTorch), default"
+    if ours not in rows:
+        rows[ours] = Runner(frcnn(default), describe("auto", CPU, training=False), theirs)
+    if theirs not in rows:
+        rows[theirs] = Runner(torchvision("fp32"), "fp32, contiguous", ours)
+    return rows
 
-    return {"frcnn (PyTorch)": frcnn, "frcnn (ONNX, onnxruntime)": onnxruntime, "torchvision FasterRCNN": torchvision}
 
-
-def measure(functions, images: torch.Tensor, rounds: int) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
-    """Seconds per call of each function, interleaved, after two warm-up rounds; detection counts."""
-    seconds = {name: [] for name in functions}
+def measure(rows: dict[str, Runner], images: torch.Tensor,
+            rounds: int) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Seconds per call of each row, interleaved, after two warm-up rounds; detection counts."""
+    seconds = {name: [] for name in rows}
     counts = {}
     with torch.no_grad():
         for round_index in range(rounds + 2):
-            for name, function in functions.items():
+            for name, (function, _, _) in rows.items():
                 start = time.perf_counter()
                 counts[name] = function(images)
                 if round_index >= 2:
@@ -82,10 +116,10 @@ def measure(functions, images: torch.Tensor, rounds: int) -> tuple[dict[str, lis
     return seconds, counts
 
 
-def print_profile(functions, images: torch.Tensor, rows: int) -> None:
+def print_profile(runs: dict[str, Runner], images: torch.Tensor, rows: int) -> None:
     """torch.profiler's table of the PyTorch models' ops (self CPU time), per call."""
     with torch.no_grad():
-        for name, function in functions.items():
+        for name, (function, _, _) in runs.items():
             if "onnxruntime" in name:
                 continue
             function(images)
@@ -107,6 +141,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed calls per model and batch size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print the op profiles at the largest batch")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="the precision of frcnn's and torchvision's rows, torchvision's under the same autocast; "
+                             "rows of frcnn's default (auto) and torchvision's default (fp32) are added where they "
+                             "differ (the ONNX graph is fp32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -118,22 +156,23 @@ def main() -> None:
     copy_into_torchvision(model, twin)
     with tempfile.TemporaryDirectory() as folder:
         onnx_model = OnnxDetector(export_onnx(model, Path(folder) / "model.onnx"), threads=args.threads)
-    functions = runners(model, onnx_model, twin)
+    rows = runners(model, onnx_model, twin, args.precision)
 
     print(f"3 x {args.height} x {args.width} images, {args.classes} classes, {args.train_steps} training steps, "
           f"{args.threads} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), {args.rounds} interleaved "
           f"calls per model; images/s of the median call (of the fastest call)\n")
-    print("| batch | model | images/s | vs torchvision | detections per image |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| batch | model | precision, memory format | images/s | vs torchvision (the row compared) "
+          "| detections per image |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for size in args.batches:
-        seconds, counts = measure(functions, images[:size], args.rounds)
-        reference = statistics.median(seconds["torchvision FasterRCNN"])
-        for name in functions:
+        seconds, counts = measure(rows, images[:size], args.rounds)
+        for name, (_, numerics, reference) in rows.items():
             median = statistics.median(seconds[name])
-            print(f"| {size} | {name} | {size / median:.2f} ({size / min(seconds[name]):.2f}) "
-                  f"| {reference / median:.2f}x | {counts[name]} |")
+            ratio = statistics.median(seconds[reference]) / median
+            print(f"| {size} | {name} | {numerics} | {size / median:.2f} ({size / min(seconds[name]):.2f}) "
+                  f"| {ratio:.2f}x ({reference}) | {counts[name]} |")
     if args.profile:
-        print_profile(functions, images[:largest], rows=15)
+        print_profile(rows, images[:largest], rows=15)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ inference every model carries the same weights: frcnn's after the timed training
 into torchvision's layout), so that both see trained-looking scores.
 
     .venv/bin/python benchmarks/train_step.py            # prints a markdown table
+    .venv/bin/python benchmarks/train_step.py --precision bf16   # every model under bf16 autocast
+
+Each row says the precision and memory format it runs in; rows of frcnn's default precision
+(``auto``: bf16 where the CPU has it natively) and torchvision's default (fp32) are added where
+they differ from ``--precision``, and the last line compares those two defaults.
 
 OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set): on a machine shared with
 other jobs, spinning threads stall each other and the timings become noise.
@@ -19,6 +24,7 @@ import os
 import statistics
 import time
 from dataclasses import replace
+from typing import NamedTuple
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
 import torch
@@ -32,6 +38,9 @@ from torchvision.ops import MultiScaleRoIAlign
 import frcnn.model
 from frcnn.config import default_config
 from frcnn.model import FasterRCNN
+from frcnn.precision import autocast, describe, resolve_precision
+
+CPU = torch.device("cpu")
 
 
 def synthetic_batch(batch: int, height: int, width: int, objects: int, classes: int, seed: int):
@@ -130,23 +139,67 @@ class TargetTimer:
         return timed
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, torchvision_style: bool) -> None:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, torchvision_style: bool,
+               precision: str = "fp32") -> None:
     images, im_info, gt_boxes, num_boxes = batch
-    if torchvision_style:
-        targets = [{"boxes": g[:n, :4], "labels": g[:n, 4].long()} for g, n in zip(gt_boxes, num_boxes)]
-        losses = model(list(images), targets)
-    else:
-        losses = model(images, im_info, gt_boxes, num_boxes)
+    with autocast(precision, CPU):
+        if torchvision_style:
+            targets = [{"boxes": g[:n, :4], "labels": g[:n, 4].long()} for g, n in zip(gt_boxes, num_boxes)]
+            losses = model(list(images), targets)
+        else:
+            losses = model(images, im_info, gt_boxes, num_boxes)
     optimizer.zero_grad()
     sum(losses.values()).backward()
     optimizer.step()
 
 
 @torch.no_grad()
-def infer(model: nn.Module, batch, torchvision_style: bool) -> int:
+def infer(model: nn.Module, batch, torchvision_style: bool, precision: str = "fp32") -> int:
     images, im_info = batch[:2]
-    detections = model(list(images)) if torchvision_style else model(images, im_info)
+    if torchvision_style:
+        with autocast(precision, CPU):
+            detections = model(list(images))
+    else:
+        detections = model.detect(images, im_info, precision=precision)
     return sum(len(d["boxes"]) for d in detections)
+
+
+class Contender(NamedTuple):
+    """A row of the tables: a model, whether it takes torchvision's inputs, and its precision."""
+
+    name: str
+    model: nn.Module
+    torchvision_style: bool
+    precision: str
+
+    def numerics(self, training: bool) -> str:
+        """The precision and memory format it computes in: frcnn's own rule; torchvision converts
+        nothing, so contiguous."""
+        if self.torchvision_style:
+            return f"{self.precision}, contiguous"
+        return describe(self.precision, CPU, training)
+
+
+def contenders(ours: FasterRCNN, ours_tv_align: FasterRCNN, twin: nn.Module, precision: str) -> list[Contender]:
+    """The three models at ``precision``; then frcnn at its default precision (``auto`` on this
+    machine) and torchvision at its default fp32, where those differ from ``precision``."""
+    rows = [Contender("frcnn (dense RoIAlign)", ours, False, precision),
+            Contender("frcnn (torchvision RoIAlign)", ours_tv_align, False, precision),
+            Contender("torchvision FasterRCNN", twin, True, precision)]
+    default = resolve_precision("auto", CPU)
+    if default != precision:
+        rows.append(Contender("frcnn (dense RoIAlign), default", copy.deepcopy(ours), False, default))
+    if precision != "fp32":
+        rows.append(Contender("torchvision FasterRCNN, default", copy.deepcopy(twin), True, "fp32"))
+    return rows
+
+
+def default_against_default(rows: list[Contender]) -> tuple[str, str]:
+    """The names of frcnn's dense row at its default precision and of torchvision's fp32 row."""
+    default = resolve_precision("auto", CPU)
+    ours = next(r.name for r in rows if r.name.startswith("frcnn (dense") and r.precision == default)
+    theirs = next(r.name for r in rows if r.torchvision_style and r.precision == "fp32")
+    return ours, theirs
 
 
 def timed(function) -> float:
@@ -164,6 +217,9 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=5, help="gt boxes per image")
     parser.add_argument("--rounds", type=int, default=15, help="timed steps per model")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="the precision of every model's row, torchvision's under the same autocast; rows of "
+                             "frcnn's default (auto) and torchvision's default (fp32) are added where they differ")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -176,43 +232,56 @@ def main() -> None:
     ours_tv_align.load_state_dict(ours.state_dict())
     twin = torchvision_twin(ours, args.height, args.width)
     copy_into_torchvision(ours, twin)
-    models = {"frcnn (dense RoIAlign)": (ours, False), "frcnn (torchvision RoIAlign)": (ours_tv_align, False),
-              "torchvision FasterRCNN": (twin, True)}
-    optimizers = {name: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-                  for name, (m, _) in models.items()}
+    rows = contenders(ours, ours_tv_align, twin, args.precision)
+    optimizers = {row.name: torch.optim.SGD([p for p in row.model.parameters() if p.requires_grad], lr=0.01,
+                                            momentum=0.9) for row in rows}
     timer = TargetTimer()
 
-    train_times = {name: [] for name in models}
+    train_times = {row.name: [] for row in rows}
     for round_index in range(args.rounds + 2):
-        for name, (model, tv_style) in models.items():
-            model.train()
+        for row in rows:
+            row.model.train()
             timer.seconds = 0.0
-            seconds = timed(lambda: train_step(model, optimizers[name], batch, tv_style))
+            seconds = timed(lambda: train_step(row.model, optimizers[row.name], batch, row.torchvision_style,
+                                               row.precision))
             if round_index >= 2:  # warm-up
-                train_times[name].append((seconds, timer.seconds))
+                train_times[row.name].append((seconds, timer.seconds))
 
-    ours_tv_align.load_state_dict(ours.state_dict())
-    copy_into_torchvision(ours, twin)
-    infer_times = {name: [] for name in models}
+    for row in rows:  # every model with the weights of frcnn's first row
+        if row.torchvision_style:
+            copy_into_torchvision(ours, row.model)
+        elif row.model is not ours:
+            row.model.load_state_dict(ours.state_dict())
+    infer_times = {row.name: [] for row in rows}
     detections = {}
     for round_index in range(args.rounds + 2):
-        for name, (model, tv_style) in models.items():
-            model.eval()
-            seconds = timed(lambda: detections.__setitem__(name, infer(model, batch, tv_style)))
+        for row in rows:
+            row.model.eval()
+            seconds = timed(lambda: detections.__setitem__(
+                row.name, infer(row.model, batch, row.torchvision_style, row.precision)))
             if round_index >= 2:
-                infer_times[name].append(seconds)
+                infer_times[row.name].append(seconds)
 
     print(f"batch {args.batch} x 3 x {args.height} x {args.width}, {args.objects} objects per image, "
           f"{args.classes} classes, {args.threads} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), "
           f"{args.rounds} interleaved steps per model; images/s of the median step (of the fastest step)\n")
-    print("| model | training images/s | target layers, share of the step | inference images/s "
-          "| detections per batch |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, (_, tv_style) in models.items():
-        steps = [t for t, _ in train_times[name]]
-        share = "-" if tv_style else f"{statistics.median(s / t for t, s in train_times[name]):.1%}"
-        print(f"| {name} | {_rate(args.batch, steps)} | {share} | {_rate(args.batch, infer_times[name])} "
-              f"| {detections[name]} |")
+    print("| model | precision, memory format (training / inference) | training images/s "
+          "| target layers, share of the step | inference images/s | detections per batch |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        steps = [t for t, _ in train_times[row.name]]
+        share = "-" if row.torchvision_style else f"{statistics.median(s / t for t, s in train_times[row.name]):.1%}"
+        print(f"| {row.name} | {row.numerics(True)} / {row.numerics(False)} | {_rate(args.batch, steps)} | {share} "
+              f"| {_rate(args.batch, infer_times[row.name])} | {detections[row.name]} |")
+    ours_name, theirs_name = default_against_default(rows)
+    train_ratio = _median([t for t, _ in train_times[theirs_name]]) / _median([t for t, _ in train_times[ours_name]])
+    infer_ratio = _median(infer_times[theirs_name]) / _median(infer_times[ours_name])
+    print(f"\ndefault against default ({ours_name} against {theirs_name}): training {train_ratio:.2f}x, "
+          f"inference {infer_ratio:.2f}x")
+
+
+def _median(seconds: list[float]) -> float:
+    return statistics.median(seconds)
 
 
 def _rate(images: int, seconds: list[float]) -> str:

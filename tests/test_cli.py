@@ -79,6 +79,11 @@ def test_train_writes_every_promised_file(trained: Path) -> None:
     assert (trained / "loss.png").read_bytes()[:8] == PNG_MAGIC
     assert HEADLINE_KEYS <= set(json.loads((trained / "metrics.json").read_text()))
     final = load_checkpoint(trained / "model_final.pt")
+    precision = final["numerics"]["precision"]
+    assert precision in ("fp32", "bf16") and final["numerics"] == {"precision": precision,
+                                                                   "memory_format": "contiguous"}
+    assert (trained / "config.yaml").read_text().startswith(f"# on cpu: training in {precision} (auto), contiguous, "
+                                                            "evaluating in ")
     assert final["class_names"] == ["circle", "cross", "ring", "square", "star", "triangle"]
     assert final["config"]["data"]["synthetic"]["num_train"] == 8
 
@@ -99,6 +104,15 @@ def test_eval_json_matches_the_training_metrics(workdir: Path, trained: Path) ->
     assert from_file["voc07_map"] == pytest.approx(metrics["voc07_map"])
     assert from_file["coco_ap"] == pytest.approx(metrics["coco_ap"])
     assert "rpn_recall@300" not in from_file
+
+
+def test_eval_runs_in_the_precision_asked_for(workdir: Path, trained: Path) -> None:
+    found = {}
+    for precision in ("fp32", "bf16"):
+        result = ok(frcnn(workdir, "eval", "run/model_final.pt", "--json", "--precision", precision, "--device", "cpu"))
+        assert f"evaluating on cpu in {precision}, " in result.stderr
+        found[precision] = json.loads(result.stdout)
+    assert found["bf16"]["rpn_recall@300"] == pytest.approx(found["fp32"]["rpn_recall@300"], abs=0.1)
 
 
 def test_eval_of_the_best_checkpoint_reproduces_its_row_and_draws_the_plots(workdir: Path, trained: Path) -> None:
@@ -184,6 +198,10 @@ def test_two_gloo_processes_train_together(workdir: Path) -> None:
     (["eval", "missing.pt"], "checkpoint missing.pt does not exist"),
     (["train", "--data", "voc:/nonexistent", "--no-eval"], "/nonexistent"),
     (["train", "--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["train", "--set", "train.amp=true"], "train.amp is no longer a configuration key: use train.precision instead"),
+    (["train", "--device", "cpu", "--set", "train.precision=fp16"], "precision fp16 needs a CUDA device, not cpu"),
+    (["detect", "model.onnx", "image.png", "--precision", "bf16"],
+     "--precision bf16 is for checkpoints: model.onnx, an exported model, computes in fp32"),
 ])
 def test_errors_are_one_line_unless_debug(workdir: Path, args: list[str], message: str) -> None:
     result = frcnn(workdir, *args)

@@ -9,7 +9,9 @@ import sys
 from dataclasses import replace
 
 import pytest
+import torch
 
+from frcnn.checkpoint import CHECKPOINT_FORMAT
 from frcnn.config import (
     BACKBONES,
     TORCHVISION_ARCHS,
@@ -27,6 +29,9 @@ from frcnn.config import (
     torchvision_config,
 )
 from frcnn.field_checks import ConfigError
+from frcnn.model import FasterRCNN
+from frcnn.pretrained import read_checkpoint
+from frcnn.weights import run_config
 
 RECIPES = [*((backbone, fpn) for backbone in BACKBONES for fpn in (False, True)
              if not (backbone == "mobilenet_v3_large" and not fpn)), *TORCHVISION_ARCHS]
@@ -66,7 +71,9 @@ INVALID = [
                                "own, got None"),
     ("train.lr=-1", "train.lr must be a number >= 0, got -1"),
     ("train.eval_images=0", "train.eval_images must be an integer >= 1 or null, got 0"),
-    ("train.amp=1", "train.amp must be true or false, got 1"),
+    ("train.precision=fp8", "train.precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got 'fp8'"),
+    ("model.test.precision=half", "model.test.precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got 'half'"),
+    ("train.amp=true", "train.amp is no longer a configuration key: use train.precision instead"),
     ("data.flip_prob=2", "data.flip_prob must be a number in [0, 1], got 2"),
     ("data.class_names=[a, a]", "data.class_names must be names that differ from each other, got ('a', 'a')"),
     ("data.val=''", "data.val must be a non-empty string or null, got ''"),
@@ -141,3 +148,29 @@ def test_the_config_package_imports_neither_the_data_nor_the_engine() -> None:
     result = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("amp, precision", [(True, "auto"), (False, "fp32")])
+def test_a_stored_configuration_with_the_retired_amp_key_reads_as_the_nearest_precision(tmp_path, amp: bool,
+                                                                                        precision: str) -> None:
+    old = RunConfig().to_dict()
+    del old["train"]["precision"]
+    old["train"]["amp"] = amp
+    path = tmp_path / "old.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "config": old, "class_names": ["a", "b"],
+                "model": FasterRCNN(2).state_dict()}, path)
+    checkpoint = read_checkpoint(str(path))
+    assert run_config(checkpoint).train == replace(TrainConfig(), precision=precision)
+    assert run_config(checkpoint, ["train.precision=bf16"]).train.precision == "bf16"
+    assert FasterRCNN.load(checkpoint).config == ModelConfig()
+    with pytest.raises(ValueError, match=r"^the configuration: train\.amp is no longer a configuration key: "
+                                         r"use train\.precision instead$"):
+        RunConfig.from_dict(old)
+
+
+def test_a_yaml_file_with_the_retired_amp_key_is_refused_naming_the_file(tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  amp: false\n")
+    with pytest.raises(ValueError) as refused:
+        RunConfig().with_yaml_file(path)
+    assert str(refused.value) == f"{path}: train.amp is no longer a configuration key: use train.precision instead"

@@ -225,18 +225,22 @@ def test_generator_states_round_trip_through_a_checkpoint(tmp_path: Path) -> Non
 # ---------------------------------------------------------------- the loop
 
 
-@pytest.mark.parametrize("augment, workers", [("flip", 0), ("default", 0), ("default", 2)])
+@pytest.mark.parametrize("augment, workers, precision",
+                         [("flip", 0, "fp32"), ("default", 0, "fp32"), ("default", 2, "fp32"), ("flip", 0, "bf16")])
 def test_resumed_run_ends_with_the_same_weights(tiny_config: RunConfig, tmp_path: Path, augment: str,
-                                                workers: int) -> None:
+                                                workers: int, precision: str) -> None:
     """An uninterrupted run without loader workers, and the same run stopped and resumed with
     ``workers`` of them, end with the same weights."""
-    tiny_config = replace(tiny_config, data=replace(tiny_config.data, augment=augment))
+    tiny_config = replace(tiny_config, data=replace(tiny_config.data, augment=augment),
+                          train=replace(tiny_config.train, precision=precision))
     straight, straight_model = _train(tiny_config, tmp_path / "straight")
     stopping = _with_train(tiny_config, num_workers=workers)
     with pytest.raises(_Interrupted):
         _train(stopping, tmp_path / "stopped", forward=_forward_failing_at(3, "interrupt"))
-    progress = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["progress"]
+    stored = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    progress = stored["progress"]
     assert progress["iteration"] == 2
+    assert stored["numerics"] == {"precision": precision, "memory_format": "contiguous"}
     assert round(progress["elapsed_s"], 2) == read_log(tmp_path / "stopped" / "log.jsonl")[1]["elapsed_s"]
     resumed, resumed_model = _train(stopping, tmp_path / "stopped", resume=True)
     assert straight.iterations == resumed.iterations == 4

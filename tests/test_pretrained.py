@@ -212,7 +212,7 @@ def test_train_init_from_a_coco_torchvision_checkpoint(tmp_path):
     tiny = ["data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.long_side=[64,96]",
             "data.synthetic.object_size=[12,40]", "data.class_names=[circle,cross,ring,square,star]",
             "data.unknown_classes=skip", "model.preprocess.min_size=64", "model.preprocess.max_size=96",
-            "train.batch_size=2", "train.max_iters=2", "train.log_every=1", "train.amp=false"]
+            "train.batch_size=2", "train.max_iters=2", "train.log_every=1", "train.precision=fp32"]
     # FRCNN_NATIVE=0: the anchor targets' PyTorch-op path, so that no kernel is built for this run.
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "FRCNN_NATIVE": "0"}
     result = subprocess.run([sys.executable, "-m", "frcnn", "train", "--init",

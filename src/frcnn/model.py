@@ -15,6 +15,7 @@ from .backbones import build_backbone
 from .checkpoint import Checkpoint, load_weights
 from .config import BackboneConfig, ModelConfig, default_config
 from .detection import Detections, detect_boxes, unpad
+from .precision import active_precision, autocast, float32_region, memory_format, resolve_precision, widened
 from .preprocess import PreprocessedBatch, as_image_tensor, box_scale, preprocess_images
 from .pretrained import read_checkpoint, torchvision_weights
 from .roi import RoIHead, RoIPooler, box_head, fast_rcnn_losses, sample_rois
@@ -49,6 +50,9 @@ class FasterRCNN(nn.Module):
     ``propose(images, im_info)`` returns the RPN's proposals per image; ``predict(images)`` runs
     the model, with its own preprocessing, on plain images; ``predict_padded(images)`` is the same
     inference for a batch of one size as one traceable function (the ONNX export's graph).
+    Inference computes in the test settings' ``precision`` (or a call's ``precision``); training
+    in the autocast region its caller enters (``frcnn.precision``: the trainer's
+    ``train.precision``); either way the numerically sensitive parts stay float32.
 
     images (B, 3, H, W) normalised and zero-padded; im_info (B, 3) rows (height, width, scale) of
     each image's valid region; gt_boxes (B, K, 5) rows (x1, y1, x2, y2, label) in resized
@@ -88,54 +92,58 @@ class FasterRCNN(nn.Module):
         if not self.training:
             return self.detect(images, im_info, orig_sizes)
         _check_batch(images, im_info, gt_boxes, num_boxes, require_gt=True)
-        features = self.backbone(images)
-        logits, deltas = self.rpn_head(features)
-        grids = self.anchor_grids(features, images.shape[-2:])
-        proposals = self._propose(logits, deltas, grids, im_info)
-        config = self.config
-        targets = assign_anchor_targets(grids, gt_boxes, num_boxes, im_info, config.rpn.targets,
-                                        ignore_boxes=ignore_boxes, num_ignore=num_ignore, validate=False)
-        rpn_cls, rpn_box = rpn_losses(logits, deltas, targets, config.rpn.box_loss_sigma)
-        sample = sample_rois(proposals, gt_boxes, num_boxes, config.roi_sampling)
-        class_logits, box_deltas = self.roi_head(features, sample.boxes)
-        rcnn_cls, rcnn_box = fast_rcnn_losses(class_logits, box_deltas, sample, config.head.box_loss_sigma)
+        config, device = self.config, images.device
+        features, logits, deltas = self._rpn_outputs(images)
+        with float32_region(device):
+            grids = self.anchor_grids(features, images.shape[-2:])
+            proposals = self._propose(logits, deltas, grids, im_info)
+            targets = assign_anchor_targets(grids, gt_boxes, num_boxes, im_info, config.rpn.targets,
+                                            ignore_boxes=ignore_boxes, num_ignore=num_ignore, validate=False)
+            rpn_cls, rpn_box = rpn_losses(logits, deltas, targets, config.rpn.box_loss_sigma)
+            sample = sample_rois(proposals, gt_boxes, num_boxes, config.roi_sampling)
+        class_logits, box_deltas = self._head_outputs(features, sample.boxes)
+        with float32_region(device):
+            rcnn_cls, rcnn_box = fast_rcnn_losses(class_logits, box_deltas, sample, config.head.box_loss_sigma)
         return {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "rcnn_cls": rcnn_cls, "rcnn_box": rcnn_box}
 
     @torch.no_grad()
     def detect(self, images: Tensor, im_info: Tensor, orig_sizes: Tensor | None = None,
-               score_threshold: float | None = None) -> list[dict[str, Tensor]]:
+               score_threshold: float | None = None, precision: str | None = None) -> list[dict[str, Tensor]]:
         """Detections per image (the eval forward): ``boxes`` (n, 4) in original image
         coordinates, ``scores`` (n,), ``labels`` (n,) in 1..C, best first: ``padded_detections``
         split by image."""
         _check_batch(images, im_info, None, None, require_gt=False)
-        return unpad(self.padded_detections(images, im_info, orig_sizes, score_threshold))
+        return unpad(self.padded_detections(images, im_info, orig_sizes, score_threshold, precision))
 
     @torch.no_grad()
     def padded_detections(self, images: Tensor, im_info: Tensor, orig_sizes: Tensor | None = None,
-                          score_threshold: float | None = None) -> Detections:
+                          score_threshold: float | None = None, precision: str | None = None) -> Detections:
         """The inference of a preprocessed batch, traceable: ``Detections`` padded to the test
         settings' ``detections_per_image``, boxes in original image coordinates, with the test
         proposal counts and post-processing (``score_threshold`` replaces the configured one if
-        given)."""
-        config = self.config
+        given), in ``inference_precision(precision)``."""
+        config, device = self.config, images.device
         test = config.test if score_threshold is None else replace(config.test, score_threshold=score_threshold)
         scale = box_scale(im_info, orig_sizes, config.preprocess)
-        features = self.backbone(images)
-        logits, deltas = self.rpn_head(features)
-        proposals = self._propose(logits, deltas, self.anchor_grids(features, images.shape[-2:]), im_info,
-                                  training=False, trim=True)
-        class_logits, box_deltas = self.roi_head(features, proposals.boxes, proposals.valid)
+        with autocast(self.inference_precision(device, precision), device):
+            features, logits, deltas = self._rpn_outputs(images)
+            with float32_region(device):
+                proposals = self._propose(logits, deltas, self.anchor_grids(features, images.shape[-2:]), im_info,
+                                          training=False, trim=True)
+            class_logits, box_deltas = self._head_outputs(features, proposals.boxes, proposals.valid)
         return detect_boxes(class_logits, box_deltas, proposals.boxes, proposals.valid, im_info,
                             config.roi_sampling.bbox_weights, test, scale)
 
     @torch.no_grad()
-    def propose(self, images: Tensor, im_info: Tensor, orig_sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
+    def propose(self, images: Tensor, im_info: Tensor, orig_sizes: Tensor | None = None,
+                precision: str | None = None) -> list[dict[str, Tensor]]:
         """The RPN's proposals per image, best first: ``boxes`` (n, 4) in original image
-        coordinates and ``scores`` (n,), with the current mode's (train / test) proposal counts."""
+        coordinates and ``scores`` (n,), with the current mode's (train / test) proposal counts,
+        in ``inference_precision(precision)``."""
         _check_batch(images, im_info, None, None, require_gt=False)
         scale = box_scale(im_info, orig_sizes, self.config.preprocess)
-        features = self.backbone(images)
-        logits, deltas = self.rpn_head(features)
+        with autocast(self.inference_precision(images.device, precision), images.device):
+            features, logits, deltas = self._rpn_outputs(images)
         proposals = self._propose(logits, deltas, self.anchor_grids(features, images.shape[-2:]), im_info)
         sizes = proposals.counts.tolist()
         boxes = proposals.boxes * scale[:, None, :]
@@ -149,31 +157,39 @@ class FasterRCNN(nn.Module):
         return preprocess_images(tensors, self.config.preprocess)
 
     @torch.no_grad()
-    def predict(self, images: Any, score_threshold: float | None = None) -> list[dict[str, Any]]:
+    def predict(self, images: Any, score_threshold: float | None = None,
+                precision: str | None = None) -> list[dict[str, Any]]:
         """Detections on plain images of any sizes: PIL images, file paths, (H, W, 3) uint8 numpy
         arrays, (3, H, W) tensors (uint8, or float in [0, 1]); one image or a list.
 
         One dict per image: ``boxes`` (n, 4) in that image's pixels, ``scores`` (n,), ``labels``
         (n,) in 1..C and ``names`` (n class names), best first. Runs in eval mode (the module's
-        mode is restored after).
+        mode is restored after), in ``precision`` (fp32, bf16, fp16 or auto; default the test
+        settings' ``precision``, see ``inference_precision``).
         """
         single = not isinstance(images, (list, tuple))
         batch = self.preprocess([images] if single else images)
         was_training = self.training
         self.eval()
         try:
-            found = unpad(self.padded_detections(*batch, score_threshold), self.class_names)
+            found = unpad(self.padded_detections(*batch, score_threshold, precision), self.class_names)
         finally:
             self.train(was_training)
         return found[0] if single else found
 
     @torch.no_grad()
-    def predict_padded(self, images: Tensor) -> Detections:
+    def predict_padded(self, images: Tensor, precision: str | None = None) -> Detections:
         """``predict`` of a batch of plain images of one size, traceable (the ONNX export traces
-        it): images (B, 3, H, W) float RGB in [0, 1] -> ``Detections`` padded to the test
+        it, in fp32): images (B, 3, H, W) float RGB in [0, 1] -> ``Detections`` padded to the test
         settings' ``detections_per_image``, boxes in the images' pixels. Needs eval mode."""
         batch = preprocess_images(images, self.config.preprocess)
-        return self.padded_detections(*batch)
+        return self.padded_detections(*batch, precision=precision)
+
+    def inference_precision(self, device: torch.device, precision: str | None = None) -> str:
+        """The concrete precision (fp32, bf16, fp16) inference runs in on ``device``: ``precision``,
+        else the test settings' ``precision``, resolved by ``frcnn.precision.resolve_precision``
+        (``auto``: bf16 where the device has it natively, else fp32)."""
+        return resolve_precision(precision or self.config.test.precision, device)
 
     @classmethod
     def load(cls, source: str | Path | Checkpoint, device: torch.device | str | None = None,
@@ -207,11 +223,28 @@ class FasterRCNN(nn.Module):
         for base, feature, stride in zip(self.base_anchors, features, self.backbone.strides):
             height, width = feature.shape[-2:]
             strides = cell_strides(rule, stride, image_size, (height, width))
+            dtype = torch.promote_types(feature.dtype, torch.float32)  # never the features' bf16 / fp16
             if torch.jit.is_tracing():  # sizes are graph values: no cache keyed by them
-                grids.append(AnchorGrid(base.to(feature.device, feature.dtype), height, width, strides))
+                grids.append(AnchorGrid(base.to(feature.device, dtype), height, width, strides))
             else:
-                grids.append(grid_anchors(base, height, width, strides, feature.device, feature.dtype))
+                grids.append(grid_anchors(base, height, width, strides, feature.device, dtype))
         return grids
+
+    def _rpn_outputs(self, images: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+        """The backbone's feature maps, in the active autocast precision (images in its
+        ``memory_format``), and the RPN head's logits (B, N, K) and deltas (B, N, 4) widened to float32."""
+        layout = memory_format(active_precision(images.device), images.device, self.training)
+        if layout is not torch.contiguous_format:
+            images = images.contiguous(memory_format=layout)
+        features = self.backbone(images)
+        logits, deltas = self.rpn_head(features)
+        return features, widened(logits), widened(deltas)
+
+    def _head_outputs(self, features: list[Tensor], boxes: Tensor,
+                      valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The RoI head's class logits and box deltas (``RoIHead``) widened to float32."""
+        class_logits, box_deltas = self.roi_head(features, boxes, valid)
+        return widened(class_logits), widened(box_deltas)
 
     def _propose(self, logits: Tensor, deltas: Tensor, grids: list[AnchorGrid], im_info: Tensor,
                  training: bool | None = None, trim: bool = False) -> Proposals:

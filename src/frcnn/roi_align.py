@@ -51,6 +51,13 @@ def _axis_cells(start: Tensor, length: Tensor, output_size: int, sampling_ratio:
     return cells, weights
 
 
+def geometry_dtype(features: Tensor) -> torch.dtype:
+    """The dtype the sampling positions are computed in: the features' float32 or float64, float32
+    for bf16 / fp16 features (whose 8 or 11 bits would place samples a cell or more off in a large
+    map); the weights then take the features' dtype."""
+    return torch.promote_types(features.dtype, torch.float32)
+
+
 def roi_extents(boxes: Tensor, spatial_scale: float, aligned: bool) -> tuple[Tensor, Tensor]:
     """boxes (B, R, 4) in image coordinates -> starts (B, R, 2) and lengths (B, R, 2), (x, y), in
     feature cells: aligned boxes are shifted by -0.5 cells; unaligned ones are not, and span at
@@ -74,13 +81,13 @@ def gather_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_
     size = output_size
     if image is None:
         image = torch.arange(batch, device=boxes.device)[:, None].expand(boxes.shape[:2])
-    starts, lengths = roi_extents(boxes.detach().to(features.dtype), spatial_scale, aligned)
+    starts, lengths = roi_extents(boxes.detach().to(geometry_dtype(features)), spatial_scale, aligned)
     rows, weights_y = _axis_cells(starts[..., 1], lengths[..., 1], size, sampling_ratio, height)
     columns, weights_x = _axis_cells(starts[..., 0], lengths[..., 0], size, sampling_ratio, width)
     # (..., S, S, 2 sampling_ratio, 2 sampling_ratio): rows of the (B H W, C) table and weights.
     offset = (image * (height * width))[..., None, None, None, None]
     cells = offset + rows[..., :, None, :, None] * width + columns[..., None, :, None, :]
-    weights = weights_y[..., :, None, :, None] * weights_x[..., None, :, None, :]
+    weights = (weights_y[..., :, None, :, None] * weights_x[..., None, :, None, :]).to(features.dtype)
     table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     per_bin = cells.shape[-1] * cells.shape[-2]
     pooled = F.embedding_bag(cells.reshape(-1, per_bin), table, mode="sum",
@@ -165,9 +172,9 @@ def dense_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_s
     eagerly, whole in a trace, whose sizes are the graph's); it has no gradient for the boxes.
     """
     height, width = features.shape[-2:]
-    starts, lengths = roi_extents(boxes.detach().to(features.dtype), spatial_scale, aligned)
-    weights_y = axis_weights(starts[..., 1], lengths[..., 1], output_size, sampling_ratio, height)
-    weights_x = axis_weights(starts[..., 0], lengths[..., 0], output_size, sampling_ratio, width)
+    starts, lengths = roi_extents(boxes.detach().to(geometry_dtype(features)), spatial_scale, aligned)
+    weights_y = axis_weights(starts[..., 1], lengths[..., 1], output_size, sampling_ratio, height).to(features.dtype)
+    weights_x = axis_weights(starts[..., 0], lengths[..., 0], output_size, sampling_ratio, width).to(features.dtype)
     if torch.jit.is_tracing():
         return separable_products(features.transpose(1, 2).flatten(2), weights_y, weights_x).flatten(0, 1)
     return _SeparableRoIAlign.apply(features, weights_y, weights_x).flatten(0, 1)

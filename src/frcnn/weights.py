@@ -53,5 +53,5 @@ def init_weights(model: nn.Module, spec: str) -> InitReport:
 def run_config(checkpoint: Checkpoint, assignments: Sequence[str] = ()) -> RunConfig:
     """The run configuration stored in an frcnn checkpoint (the defaults around the model's
     configuration for weights from elsewhere), with the ``key=value`` ``assignments`` applied."""
-    base = RunConfig.from_dict(checkpoint.run_config) if checkpoint.run_config else RunConfig(model=checkpoint.config)
+    base = RunConfig.from_stored(checkpoint.run_config) if checkpoint.run_config else RunConfig(model=checkpoint.config)
     return base.with_assignments(assignments)

@@ -13,6 +13,7 @@ import torch
 from .. import engine
 from ..config import RunConfig
 from ..model import FasterRCNN
+from ..precision import PRECISIONS
 
 CONFIG_NAME = "config.yaml"
 
@@ -22,6 +23,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda or cuda:N; auto uses the GPU when there is one (default: %(default)s)")
+
+def precision_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help=f"what {what} computes in: fp32, bf16, fp16 (GPUs) or auto, bf16 where the device has "
+                             "it natively, else fp32 (default: the configuration's model.test.precision, auto)")
 
 def config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.yaml",

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .. import engine
 from ..atomic import write_json_atomic
 from ..draw import draw_detections, load_image, save_png
-from .common import HelpFormatter, device_option, say
+from .common import HelpFormatter, device_option, precision_option, say
 
 DEFAULT_OUT = "runs/detect"
 DETECTIONS_NAME = "detections.json"
@@ -40,6 +41,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "--save-images", action="store_true", help="also write the pictures with the detections (default: off)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)")
+    precision_option(parser, "a checkpoint")
     device_option(parser)
     parser.set_defaults(handler=run)
 
@@ -55,23 +57,29 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def _detector(spec: str, device_name: str) -> tuple[Any, list[str]]:
-    """The predict function of ``spec`` (an .onnx file or a checkpoint) and its class names."""
+def _detector(spec: str, device_name: str, precision: str | None) -> tuple[Any, list[str], str]:
+    """The predict function of ``spec`` (an .onnx file or a checkpoint) in ``precision`` (None: the
+    checkpoint's model.test.precision), its class names, and what it computes in."""
     if spec.endswith(".onnx"):
         from ..deploy.runtime import OnnxDetector
 
+        if precision not in (None, "fp32"):
+            raise ValueError(f"--precision {precision} is for checkpoints: {spec}, an exported model, computes in fp32")
         detector = OnnxDetector(spec)
-        return detector.predict, detector.class_names
+        return detector.predict, detector.class_names, "fp32 (onnxruntime)"
     from ..model import FasterRCNN
+    from ..precision import describe
 
-    model = FasterRCNN.load(spec, engine.resolve_device(device_name))
-    return model.predict, list(model.class_names)
+    device = engine.resolve_device(device_name)
+    model = FasterRCNN.load(spec, device)
+    numerics = f"{describe(precision or model.config.test.precision, device, training=False)} on {device}"
+    return partial(model.predict, precision=precision), list(model.class_names), numerics
 
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.files import coco_results, detect_files, find_images
 
-    predict, class_names = _detector(args.model, args.device)
+    predict, class_names, numerics = _detector(args.model, args.device, args.precision)
     paths = find_images(args.images)
     out = Path(args.out)
     found = []
@@ -86,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(out / DETECTIONS_NAME, results)
     write_json_atomic(out / IMAGES_NAME, images)
     pictures = f", {len(found)} pictures" if args.save_images else ""
-    say(f"{len(results)} detections on {len(found)} images -> {out / DETECTIONS_NAME} ({out / IMAGES_NAME}{pictures})")
+    say(f"{len(results)} detections on {len(found)} images in {numerics} -> {out / DETECTIONS_NAME} "
+        f"({out / IMAGES_NAME}{pictures})")
     return 0

@@ -11,9 +11,10 @@ from ..config import RunConfig, TrainConfig
 from ..data import SPEC_HELP, DetectionDataset, DetectionTransform, open_dataset
 from ..evaluation import Detections, evaluate_detections, read_results_json, write_results_json
 from ..model import FasterRCNN
+from ..precision import describe
 from ..pretrained import read_checkpoint
 from ..weights import run_config
-from .common import HelpFormatter, device_option, print_metrics, say
+from .common import HelpFormatter, device_option, precision_option, print_metrics, say
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -44,6 +45,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                              f"({', '.join(PLOT_NAMES)}) to DIR (default: none)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="images per batch (default: the "
                         f"configuration's train.eval_batch_size, {TrainConfig().eval_batch_size})")
+    precision_option(parser, "the model")
     device_option(parser)
     parser.set_defaults(handler=run)
 
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     device = engine.resolve_device(args.device)
     checkpoint = read_checkpoint(args.checkpoint)
     config = run_config(checkpoint, args.set)
+    if args.precision:
+        config = config.with_values({"model.test.precision": args.precision})
     model = FasterRCNN.load(checkpoint, device, config.model)
     data = config.data
     if args.data:
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = open_dataset(data, "val", model.class_names)
     batch_size = args.batch_size or config.train.eval_batch_size
     transform = DetectionTransform(config.model.preprocess)
+    say(f"evaluating on {device} in {describe(config.model.test.precision, device, training=False)}")
     metrics, predictions = engine.evaluate(model, dataset, transform, device, batch_size, progress_bar=not args.json)
     if args.save_detections:
         write_results_json(args.save_detections, dataset, predictions.detections)

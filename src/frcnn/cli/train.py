@@ -13,6 +13,7 @@ from ..atomic import write_text_atomic
 from ..config import BACKBONES, RunConfig, TrainConfig, default_config
 from ..data import SPEC_HELP, DetectionDataset, DetectionTransform, collate, open_dataset, training_transform
 from ..data.report import data_report, summary
+from ..precision import describe
 from ..pretrained import read_checkpoint
 from ..weights import init_weights
 from .common import (
@@ -84,7 +85,7 @@ def _train_config(args: argparse.Namespace, resume: bool) -> RunConfig:
     command line."""
     checkpoint = Path(args.out) / engine.CHECKPOINT_NAME
     if resume:
-        base = RunConfig.from_dict(engine.load_checkpoint(checkpoint)["config"])
+        base = RunConfig.from_stored(engine.load_checkpoint(checkpoint)["config"])
     else:
         base = RunConfig(model=read_checkpoint(args.init).config if args.init and args.backbone is None
                          else default_config(args.backbone or "small", args.fpn))
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     resume = engine.resolve_resume(args.resume, out / engine.CHECKPOINT_NAME)
     config = _train_config(args, resume)
+    numerics = (f"training in {describe(config.train.precision, device, training=True)}, "
+                f"evaluating in {describe(config.model.test.precision, device, training=False)}")
     with engine.process_group(device, config.train.dist_timeout_s) as context:
         engine.check_shared_folder(out, context)
         train_set, val_set = _datasets_rank0_first(config, context, need_val=not args.no_eval)
@@ -111,10 +114,10 @@ def run(args: argparse.Namespace) -> int:
                 say(f"initialised from {args.init}: {report.summary()}")
         if context.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out / CONFIG_NAME, config.to_yaml())
+            write_text_atomic(out / CONFIG_NAME, f"# on {device}: {numerics}\n{config.to_yaml()}")
             say(f"training on {config.data.train} ({len(train_set)} images, {len(train_set.class_names)} classes) "
                  f"on {device}" + (f" x {context.world_size} processes" if context.distributed else "")
-                 + f"; writing to {out}")
+                 + f"; {numerics}; writing to {out}")
         callbacks = engine.build_callbacks(config.train, val_set, eval_transform,
                                            main_process=context.is_main)
         trainer = engine.Trainer(

@@ -23,6 +23,7 @@ from ..field_checks import (
     is_number,
     require,
 )
+from ..precision import PRECISIONS
 from .plain import overlay, read_yaml_mapping, to_plain
 
 BACKBONES = ("small", "vgg16", "resnet50", "resnet101", "mobilenet_v3_large")
@@ -277,14 +278,18 @@ class HeadConfig:
 @dataclass(frozen=True)
 class InferenceConfig:
     """Detection post-processing: per-class score threshold, boxes with a side below ``min_size``
-    network-input pixels dropped (torchvision: 0.01), per-class NMS, detections kept per image."""
+    network-input pixels dropped (torchvision: 0.01), per-class NMS, detections kept per image;
+    and the ``precision`` inference computes in (``frcnn.precision``: fp32, bf16, fp16 on GPUs,
+    or auto: bf16 where the device has it natively, else fp32; the ONNX export is always fp32)."""
 
     score_threshold: float = 0.05
     nms_threshold: float = 0.3
     detections_per_image: int = 100
     min_size: float = 0.0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        check_choice(self, "precision", PRECISIONS)
         check_number(self, "score_threshold", 0.0, 1.0)
         check_number(self, "nms_threshold", 0.0, 1.0)
         check_int(self, "detections_per_image", 1)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..field_checks import check_bool, check_choice, check_int, check_number, check_numbers, require
+from ..field_checks import check_choice, check_int, check_number, check_numbers, require
+from ..precision import PRECISIONS
 
 SCHEDULES = ("cosine", "step")
 # The losses and metrics a run records (the columns of results.csv, frcnn.engine.results). Here
@@ -32,6 +33,11 @@ class TrainConfig:
     (a validation column of results.csv; losses count lower as better) chooses model_best.pt;
     ``patience`` evaluations without improvement stop the run (null: never).
 
+    ``precision``: what the training steps compute in (``frcnn.precision``): fp32, bf16 (autocast,
+    on CPUs and GPUs that have it), fp16 (autocast with a gradient scaler, GPUs only) or auto
+    (bf16 where the device has it natively, else fp32), resolved when the run starts; the
+    evaluations use the model's ``test.precision``.
+
     Distributed runs: ``dist_timeout_s`` bounds every wait for another process (the group
     forming, each collective); a peer silent that long ends the run. It must exceed the longest
     time rank 0 works alone: an evaluation, and the final one of the whole validation split.
@@ -50,7 +56,7 @@ class TrainConfig:
     lr_steps: tuple[float, ...] = (0.75, 0.9)
     gamma: float = 0.1
     clip_grad_norm: float | None = None
-    amp: bool = True
+    precision: str = "auto"
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 500
@@ -77,7 +83,7 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "momentum", "warmup_factor", "gamma"):
             check_number(self, name, 0.0)
         check_number(self, "dist_timeout_s", 0.0, open_low=True)
-        check_bool(self, "amp")
+        check_choice(self, "precision", PRECISIONS)
         check_choice(self, "schedule", SCHEDULES)
         check_choice(self, "best_metric", VALIDATION_COLUMNS)
         check_numbers(self, "lr_steps", low=0.0, high=1.0, open_low=True, open_high=True, empty=True)

@@ -45,21 +45,22 @@ def unsupported_reason(model: nn.Module) -> str | None:
 
 
 class _PlainImagesDetector(nn.Module):
-    """``model.predict_padded`` as a module's forward, the form ``torch.onnx.export`` traces."""
+    """``model.predict_padded`` in fp32 as a module's forward, the form ``torch.onnx.export`` traces."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        return tuple(self.model.predict_padded(images))
+        return tuple(self.model.predict_padded(images, precision="fp32"))
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Write ``model`` (a ``FasterRCNN``) as an ONNX graph of plain images to ``path``
     (atomically): input ``images`` float32 (B, 3, H, W) RGB in [0, 1], B, H and W dynamic;
     outputs ``boxes`` (B, D, 4), ``scores`` (B, D), ``labels`` (B, D) int64, ``counts`` (B,)
-    int64 (``FasterRCNN.predict_padded``, traced). The class names go into the metadata
+    int64 (``FasterRCNN.predict_padded`` in fp32, traced, whatever ``model.test.precision``
+    says). The class names go into the metadata
     (``class_names``, JSON). A ValueError says why a model cannot be exported."""
     import onnx
 
@@ -191,8 +192,9 @@ def compare_detections(expected: Sequence[dict[str, Any]], found: Sequence[dict[
 
 
 def check_parity(model: nn.Module, detector: OnnxDetector, images: Sequence[Tensor]) -> Parity:
-    """``compare_detections`` of ``model.predict`` and ``detector`` (onnxruntime) on ``images``
-    (a list of (3, H, W) float tensors); each run of consecutive equal sizes is one batch in both
-    (a batch's padding is part of its input)."""
-    expected = [found for start, stop in same_size_runs(images) for found in model.predict(list(images[start:stop]))]
+    """``compare_detections`` of ``model.predict`` in fp32 (as exported) and ``detector``
+    (onnxruntime) on ``images`` (a list of (3, H, W) float tensors); each run of consecutive equal
+    sizes is one batch in both (a batch's padding is part of its input)."""
+    expected = [found for start, stop in same_size_runs(images)
+                for found in model.predict(list(images[start:stop]), precision="fp32")]
     return compare_detections(expected, detector.predict(list(images)))

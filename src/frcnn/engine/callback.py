@@ -72,6 +72,10 @@ class RunView(Protocol):
     def device(self) -> torch.device: ...
 
     @property
+    def precision(self) -> str:
+        """The concrete precision the steps run in (fp32, bf16 or fp16; ``frcnn.precision``)."""
+
+    @property
     def is_main(self) -> bool:
         """Whether this process is rank 0 (the one that writes files)."""
 

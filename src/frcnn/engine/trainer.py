@@ -6,6 +6,8 @@ A run is budgeted by iterations (``max_iters`` / ``epochs``), by wall-clock time
 or both; the learning rate follows the fraction of that budget used, so a time-budgeted run ends
 its decay at the deadline. With no time budget a run is a pure function of ``seed`` on the CPU,
 and a run stopped and resumed from a checkpoint ends with the same weights as one left alone.
+Each step runs in the concrete precision of ``train.precision`` (``frcnn.precision``); fp16 with
+a gradient scaler.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data import Batch
 from ..data.batching import orientation_groups
+from ..precision import autocast, memory_format, memory_format_name, resolve_precision
 from .callback import Callback, Evaluation, Forward
 from .distributed import DistContext, all_gather_objects, average, barrier, broadcast_code
 from .outcome import NonFiniteLossError, TrainingError, TrainingInterrupted, TrainResult
@@ -109,8 +112,9 @@ class Trainer:
         self.forward = forward
         self.metadata = dict(metadata)
         self.optimizer = build_optimizer(self.model, config)
-        self.use_amp = config.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
+        self.precision = resolve_precision(config.precision, device)
+        # Only fp16's narrow exponent needs the loss scaled; bf16 has float32's range.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.progress = Progress()
         self.sampler = IterationBatchSampler(orientation_groups(dataset), config.batch_size, config.seed,
                                              self.context.rank, self.context.world_size)
@@ -124,6 +128,12 @@ class Trainer:
         self.final_evaluation: Evaluation | None = None
         self.stop_reason: str | None = None
         self._signal: int | None = None
+
+    @property
+    def numerics(self) -> dict[str, str]:
+        """The concrete precision the run trains in and the memory format its images take."""
+        return {"precision": self.precision,
+                "memory_format": memory_format_name(memory_format(self.precision, self.device, training=True))}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -156,9 +166,10 @@ class Trainer:
     # -- checkpoints
 
     def payload(self, **extra: Any) -> dict[str, Any]:
-        """A checkpoint's contents: format, metadata, weights and progress, and ``extra``."""
+        """A checkpoint's contents: format, metadata, weights, progress, the numerics the run trains
+        in (``numerics``: its concrete precision and the images' memory format), and ``extra``."""
         return {"format": CHECKPOINT_FORMAT, **self.metadata, "model": self.model.state_dict(),
-                "progress": asdict(self.progress), **extra}
+                "progress": asdict(self.progress), "numerics": self.numerics, **extra}
 
     def save_checkpoint(self) -> Path:
         """Write the resumable checkpoint (every rank's generator states, the log meter and the
@@ -304,8 +315,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = batch.to(self.device, non_blocking=True)
-        autocast = torch.autocast(self.device.type, dtype=torch.float16) if self.use_amp else nullcontext()
-        with autocast:
+        with autocast(self.precision, self.device):
             loss_dict = self.forward(model, batch)
         total = sum(loss_dict.values())
         values = self._checked_losses(loss_dict, total)
@@ -347,6 +357,7 @@ class TrainerView:
     dataset = property(lambda self: self._trainer.dataset)
     forward = property(lambda self: self._trainer.forward)
     device = property(lambda self: self._trainer.device)
+    precision = property(lambda self: self._trainer.precision)
     is_main = property(lambda self: self._trainer.context.is_main)
     world_size = property(lambda self: self._trainer.context.world_size)
     iteration = property(lambda self: self._trainer.progress.iteration)

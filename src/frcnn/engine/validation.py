@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import METRIC_COLUMNS, TrainConfig
 from ..data import DetectionDataset, DetectionTransform, build_loader
+from ..precision import autocast
 from .callback import Callback, Evaluation, Forward, RunView
 from .eval_loop import Predictions, predict, prediction_metrics
 from .rng import rng_state, set_rng_state
@@ -40,10 +41,11 @@ def training_state_kept(model: nn.Module) -> Iterator[None]:
 @torch.no_grad()
 def validation_losses(model: nn.Module, dataset: DetectionDataset, transform: DetectionTransform,
                       forward: Forward, device: torch.device,
-                      batch_size: int, seed: int) -> dict[str, float]:
+                      batch_size: int, seed: int, precision: str = "fp32") -> dict[str, float]:
     """The training losses of ``model`` on ``dataset``, with gradients off: ``val_loss`` (their
     sum) and ``val_<name>`` for each, averaged over images. The model runs in training mode
-    (its sampling of anchors and RoIs drawing from the global generator, seeded with ``seed``);
+    (its sampling of anchors and RoIs drawing from the global generator, seeded with ``seed``),
+    in the concrete ``precision`` (the run's training precision, so that the losses compare);
     call it inside ``training_state_kept`` to leave the run's state alone."""
     model.train()
     torch.manual_seed(seed)
@@ -51,7 +53,8 @@ def validation_losses(model: nn.Module, dataset: DetectionDataset, transform: De
     images = 0
     for batch in build_loader(dataset, transform, batch_size, shuffle=False, num_workers=0,
                               size_divisibility=model.config.preprocess.size_divisible):
-        losses = forward(model, batch.to(device))
+        with autocast(precision, device):
+            losses = forward(model, batch.to(device))
         count = len(batch.image_ids)
         values = {"val_loss": float(sum(losses.values())), **{f"val_{k}": float(v) for k, v in losses.items()}}
         for key, value in values.items():
@@ -61,7 +64,8 @@ def validation_losses(model: nn.Module, dataset: DetectionDataset, transform: De
 
 
 class Evaluator(Callback):
-    """Evaluates on the validation split (its first ``train.eval_images`` images) every
+    """Evaluates on the validation split (its first ``train.eval_images`` images), the detections
+    in the model's inference precision and the losses in the run's training precision, every
     ``train.eval_every`` iterations (default: once per epoch) and, with a time budget, at least
     every ``train.eval_minutes`` of training; then once at the end unless the last evaluation
     was at the last iteration. Each evaluation (``Evaluation``) goes to every callback's
@@ -138,7 +142,7 @@ class Evaluator(Callback):
         metrics = prediction_metrics(model, self.dataset, predictions)
         with training_state_kept(model):
             losses = validation_losses(model, self.dataset, self.transform, run.forward, run.device,
-                                       config.eval_batch_size, config.seed)
+                                       config.eval_batch_size, config.seed, run.precision)
         means = {key: total / self.steps for key, total in self.loss_sums.items()} if self.steps else {}
         row = {"iter": run.iteration, "epoch": round(run.epoch, 4), "elapsed_s": round(run.elapsed_s, 2),
                "lr": self.lr, **means, **losses, **{name: metrics.get(name, math.nan) for name in METRIC_COLUMNS}}
