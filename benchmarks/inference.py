@@ -41,7 +41,7 @@ from frcnn.deploy.export import export_onnx
 from frcnn.deploy.runtime import OnnxDetector
 from frcnn.model import FasterRCNN
 from frcnn.precision import autocast, describe, resolve_precision
-from train_step import CPU, copy_into_torchvision, synthetic_batch, torchvision_twin
+from train_step import copy_into_torchvision, synthetic_batch, torchvision_twin
 
 
 def trained_model(images: torch.Tensor, batch, classes: int, steps: int) -> FasterRCNN:
@@ -51,7 +51,7 @@ def trained_model(images: torch.Tensor, batch, classes: int, steps: int) -> Fast
     config = default_config("small")
     config = replace(config, preprocess=replace(config.preprocess, min_size=height, max_size=width,
                                                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
-    model = FasterRCNN(classes, config=config)
+    model = FasterRCNN(classes, config=config).to(images.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     _, im_info, gt_boxes, num_boxes = batch
     for _ in range(steps):
@@ -71,16 +71,18 @@ class Runner(NamedTuple):
     reference: str
 
 
-def runners(model: FasterRCNN, onnx_model: OnnxDetector, twin: torch.nn.Module, precision: str) -> dict[str, Runner]:
+def runners(model: FasterRCNN, onnx_model: OnnxDetector | None, twin: torch.nn.Module, precision: str,
+            device: torch.device) -> dict[str, Runner]:
     """name -> ``Runner``: frcnn (PyTorch) and torchvision at ``precision`` (torchvision under the
-    same autocast), frcnn's ONNX graph (fp32); then frcnn at its default precision and torchvision
-    at its default fp32, where those differ from ``precision``, each compared with the other."""
+    same autocast), frcnn's ONNX graph (fp32, on the CPU only: None elsewhere); then frcnn at its
+    default precision and torchvision at its default fp32, where those differ from ``precision``,
+    each compared with the other."""
     def frcnn(at: str):
         return lambda images: [len(found["scores"]) for found in model.predict(list(images), precision=at)]
 
     def torchvision(at: str):
         def run(images):
-            with autocast(at, CPU):
+            with autocast(at, device):
                 return [len(found["scores"]) for found in twin(list(images))]
         return run
 
@@ -88,14 +90,15 @@ def runners(model: FasterRCNN, onnx_model: OnnxDetector, twin: torch.nn.Module, 
         return onnx_model(images.numpy()).counts.tolist()
 
     same = "torchvision FasterRCNN"
-    rows = {"frcnn (PyTorch)": Runner(frcnn(precision), describe(precision, CPU, training=False), same),
-            "frcnn (ONNX, onnxruntime)": Runner(onnxruntime, "fp32, contiguous", same),
-            same: Runner(torchvision(precision), f"{precision}, contiguous", same)}
-    default = resolve_precision("auto", CPU)
+    rows = {"frcnn (PyTorch)": Runner(frcnn(precision), describe(precision, device, training=False), same)}
+    if onnx_model is not None:
+        rows["frcnn (ONNX, onnxruntime)"] = Runner(onnxruntime, "fp32, contiguous", same)
+    rows[same] = Runner(torchvision(precision), f"{precision}, contiguous", same)
+    default = resolve_precision("auto", device)
     theirs = same if precision == "fp32" else "torchvision FasterRCNN, default"
     ours = "frcnn (PyTorch)" if default == precision else "frcnn (PyTorch), default"
     if ours not in rows:
-        rows[ours] = Runner(frcnn(default), describe("auto", CPU, training=False), theirs)
+        rows[ours] = Runner(frcnn(default), describe("auto", device, training=False), theirs)
     if theirs not in rows:
         rows[theirs] = Runner(torchvision("fp32"), "fp32, contiguous", ours)
     return rows
@@ -110,7 +113,7 @@ def measure(rows: dict[str, Runner], images: torch.Tensor,
         for round_index in range(rounds + 2):
             for name, (function, _, _) in rows.items():
                 start = time.perf_counter()
-                counts[name] = function(images)
+                counts[name] = function(images)  # the counts are on the host: the device's work is done
                 if round_index >= 2:
                     seconds[name].append(time.perf_counter() - start)
     return seconds, counts
@@ -141,7 +144,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed calls per model and batch size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print the op profiles at the largest batch")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda; the ONNX row runs on the CPU only (default: %(default)s)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="the precision of frcnn's and torchvision's rows, torchvision's under the same autocast; "
                              "rows of frcnn's default (auto) and torchvision's default (fp32) are added where they "
                              "differ (the ONNX graph is fp32)")
@@ -149,14 +154,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     largest = max(args.batches)
-    batch = synthetic_batch(largest, args.height, args.width, args.objects, args.classes, seed=0)
+    device = torch.device(args.device)
+    batch = tuple(t.to(device) for t in synthetic_batch(largest, args.height, args.width, args.objects,
+                                                        args.classes, seed=0))
     images = (0.5 + 0.5 * batch[0]).clamp(0, 1)
     model = trained_model(images, batch, args.classes, args.train_steps)
-    twin = torchvision_twin(model, args.height, args.width).eval()
+    twin = torchvision_twin(model, args.height, args.width).to(device).eval()
     copy_into_torchvision(model, twin)
-    with tempfile.TemporaryDirectory() as folder:
-        onnx_model = OnnxDetector(export_onnx(model, Path(folder) / "model.onnx"), threads=args.threads)
-    rows = runners(model, onnx_model, twin, args.precision)
+    onnx_model = None
+    if device.type == "cpu":
+        with tempfile.TemporaryDirectory() as folder:
+            onnx_model = OnnxDetector(export_onnx(model, Path(folder) / "model.onnx"), threads=args.threads)
+    rows = runners(model, onnx_model, twin, args.precision, device)
 
     print(f"3 x {args.height} x {args.width} images, {args.classes} classes, {args.train_steps} training steps, "
           f"{args.threads} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), {args.rounds} interleaved "

@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="both models' precision, torchvision's under the same autocast; a row of each "
                              "model's default (torchvision fp32, frcnn auto) follows where it differs "
                              "(default: %(default)s)")

@@ -8,6 +8,8 @@ into torchvision's layout), so that both see trained-looking scores.
 
     .venv/bin/python benchmarks/train_step.py            # prints a markdown table
     .venv/bin/python benchmarks/train_step.py --precision bf16   # every model under bf16 autocast
+    .venv/bin/python benchmarks/train_step.py --profile          # and where frcnn's step spends its time
+    .venv/bin/python benchmarks/train_step.py --device cuda --precision fp16
 
 Each row says the precision and memory format it runs in; rows of frcnn's default precision
 (``auto``: bf16 where the CPU has it natively) and torchvision's default (fp32) are added where
@@ -29,6 +31,7 @@ from typing import NamedTuple
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
 import torch
 from torch import nn
+from torch.profiler import profile
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -41,6 +44,9 @@ from frcnn.model import FasterRCNN
 from frcnn.precision import autocast, describe, resolve_precision
 
 CPU = torch.device("cpu")
+# The ops whose arithmetic a step cannot do without: convolutions (forward and backward, every
+# backend's kernel) and matrix products. --profile prints their share of the step.
+ARITHMETIC_OPS = ("conv", "aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm")
 
 
 def synthetic_batch(batch: int, height: int, width: int, objects: int, classes: int, seed: int):
@@ -140,24 +146,30 @@ class TargetTimer:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, torchvision_style: bool,
-               precision: str = "fp32") -> None:
+               precision: str = "fp32", device: torch.device = CPU) -> None:
+    """One SGD step; fp16 scales the loss as training does (the scaler is off otherwise)."""
     images, im_info, gt_boxes, num_boxes = batch
-    with autocast(precision, CPU):
+    with autocast(precision, device):
         if torchvision_style:
             targets = [{"boxes": g[:n, :4], "labels": g[:n, 4].long()} for g, n in zip(gt_boxes, num_boxes)]
             losses = model(list(images), targets)
         else:
             losses = model(images, im_info, gt_boxes, num_boxes)
     optimizer.zero_grad()
-    sum(losses.values()).backward()
-    optimizer.step()
+    scaler = _scalers.setdefault(id(optimizer), torch.amp.GradScaler(device.type, enabled=precision == "fp16"))
+    scaler.scale(sum(losses.values())).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+_scalers: dict[int, torch.amp.GradScaler] = {}
 
 
 @torch.no_grad()
-def infer(model: nn.Module, batch, torchvision_style: bool, precision: str = "fp32") -> int:
+def infer(model: nn.Module, batch, torchvision_style: bool, precision: str = "fp32", device: torch.device = CPU) -> int:
     images, im_info = batch[:2]
     if torchvision_style:
-        with autocast(precision, CPU):
+        with autocast(precision, device):
             detections = model(list(images))
     else:
         detections = model.detect(images, im_info, precision=precision)
@@ -171,41 +183,65 @@ class Contender(NamedTuple):
     model: nn.Module
     torchvision_style: bool
     precision: str
+    device: torch.device
 
     def numerics(self, training: bool) -> str:
         """The precision and memory format it computes in: frcnn's own rule; torchvision converts
         nothing, so contiguous."""
         if self.torchvision_style:
             return f"{self.precision}, contiguous"
-        return describe(self.precision, CPU, training)
+        return describe(self.precision, self.device, training)
 
 
-def contenders(ours: FasterRCNN, ours_tv_align: FasterRCNN, twin: nn.Module, precision: str) -> list[Contender]:
+def contenders(ours: FasterRCNN, ours_tv_align: FasterRCNN, twin: nn.Module, precision: str,
+               device: torch.device) -> list[Contender]:
     """The three models at ``precision``; then frcnn at its default precision (``auto`` on this
     machine) and torchvision at its default fp32, where those differ from ``precision``."""
-    rows = [Contender("frcnn (dense RoIAlign)", ours, False, precision),
-            Contender("frcnn (torchvision RoIAlign)", ours_tv_align, False, precision),
-            Contender("torchvision FasterRCNN", twin, True, precision)]
-    default = resolve_precision("auto", CPU)
+    rows = [Contender("frcnn (dense RoIAlign)", ours, False, precision, device),
+            Contender("frcnn (torchvision RoIAlign)", ours_tv_align, False, precision, device),
+            Contender("torchvision FasterRCNN", twin, True, precision, device)]
+    default = resolve_precision("auto", device)
     if default != precision:
-        rows.append(Contender("frcnn (dense RoIAlign), default", copy.deepcopy(ours), False, default))
+        rows.append(Contender("frcnn (dense RoIAlign), default", copy.deepcopy(ours), False, default, device))
     if precision != "fp32":
-        rows.append(Contender("torchvision FasterRCNN, default", copy.deepcopy(twin), True, "fp32"))
+        rows.append(Contender("torchvision FasterRCNN, default", copy.deepcopy(twin), True, "fp32", device))
     return rows
 
 
 def default_against_default(rows: list[Contender]) -> tuple[str, str]:
     """The names of frcnn's dense row at its default precision and of torchvision's fp32 row."""
-    default = resolve_precision("auto", CPU)
+    default = resolve_precision("auto", rows[0].device)
     ours = next(r.name for r in rows if r.name.startswith("frcnn (dense") and r.precision == default)
     theirs = next(r.name for r in rows if r.torchvision_style and r.precision == "fp32")
     return ours, theirs
 
 
-def timed(function) -> float:
+def timed(function, device: torch.device = CPU) -> float:
+    """Seconds ``function()`` takes, the device's queued work included."""
     start = time.perf_counter()
     function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def arithmetic_profile(step, device: torch.device, rows: int) -> str:
+    """torch.profiler's table of three calls of ``step`` (self time, the device's on CUDA), then the
+    share of that time spent in ``ARITHMETIC_OPS``."""
+    step()
+    with profile() as profiler:
+        for _ in range(3):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    events = profiler.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(event, key) for event in events)
+    arithmetic = sum(getattr(event, key) for event in events
+                     if any(name in event.key for name in ARITHMETIC_OPS))
+    return (f"{events.table(sort_by=key, row_limit=rows)}\n"
+            f"convolutions and matrix products: {arithmetic / max(total, 1e-9):.1%} of the self "
+            f"{'device' if device.type == 'cuda' else 'CPU'} time")
 
 
 def main() -> None:
@@ -217,13 +253,19 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=5, help="gt boxes per image")
     parser.add_argument("--rounds", type=int, default=15, help="timed steps per model")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where frcnn's training step spends its time, and the share of it in "
+                             "convolutions and matrix products")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="the precision of every model's row, torchvision's under the same autocast; rows of "
                              "frcnn's default (auto) and torchvision's default (fp32) are added where they differ")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    batch = synthetic_batch(args.batch, args.height, args.width, args.objects, args.classes, seed=0)
+    device = torch.device(args.device)
+    batch = tuple(t.to(device) for t in synthetic_batch(args.batch, args.height, args.width, args.objects,
+                                                        args.classes, seed=0))
 
     config = default_config("small")
     ours = FasterRCNN(args.classes, config=config)
@@ -232,7 +274,9 @@ def main() -> None:
     ours_tv_align.load_state_dict(ours.state_dict())
     twin = torchvision_twin(ours, args.height, args.width)
     copy_into_torchvision(ours, twin)
-    rows = contenders(ours, ours_tv_align, twin, args.precision)
+    for model in (ours, ours_tv_align, twin):
+        model.to(device)
+    rows = contenders(ours, ours_tv_align, twin, args.precision, device)
     optimizers = {row.name: torch.optim.SGD([p for p in row.model.parameters() if p.requires_grad], lr=0.01,
                                             momentum=0.9) for row in rows}
     timer = TargetTimer()
@@ -243,7 +287,7 @@ def main() -> None:
             row.model.train()
             timer.seconds = 0.0
             seconds = timed(lambda: train_step(row.model, optimizers[row.name], batch, row.torchvision_style,
-                                               row.precision))
+                                               row.precision, device), device)
             if round_index >= 2:  # warm-up
                 train_times[row.name].append((seconds, timer.seconds))
 
@@ -258,7 +302,7 @@ def main() -> None:
         for row in rows:
             row.model.eval()
             seconds = timed(lambda: detections.__setitem__(
-                row.name, infer(row.model, batch, row.torchvision_style, row.precision)))
+                row.name, infer(row.model, batch, row.torchvision_style, row.precision, device)), device)
             if round_index >= 2:
                 infer_times[row.name].append(seconds)
 
@@ -278,6 +322,12 @@ def main() -> None:
     infer_ratio = _median(infer_times[theirs_name]) / _median(infer_times[ours_name])
     print(f"\ndefault against default ({ours_name} against {theirs_name}): training {train_ratio:.2f}x, "
           f"inference {infer_ratio:.2f}x")
+    if args.profile:
+        dense = rows[0]
+        dense.model.train()
+        print(f"\n{dense.name}, training step at {dense.numerics(True)}, 3 steps\n")
+        print(arithmetic_profile(lambda: train_step(dense.model, optimizers[dense.name], batch, False,
+                                                    dense.precision, device), device, rows=20))
 
 
 def _median(seconds: list[float]) -> float:
