@@ -99,13 +99,13 @@ def test_imported_model_gives_torchvision_proposals_and_detections(pair):
         expected = reference(inputs)
         image_list, _ = reference.transform(inputs)
         expected_proposals, expected_scores = torchvision_proposals(reference, image_list)
-    found = model.predict(inputs)
+    found = model.predict(inputs, precision="fp32")  # torchvision's precision, whatever auto is here
     assert all(10 <= len(e["boxes"]) < 100 for e in expected)  # tens each, none capped
     for want, got in zip(expected, found):
         assert_matched(got["boxes"], got["scores"], want["boxes"], want["scores"], got["labels"], want["labels"])
     batch = model.preprocess(inputs)
     torch.testing.assert_close(batch.images, image_list.tensors, atol=1e-5, rtol=0)
-    proposals = model.propose(batch.images, batch.im_info, batch.orig_sizes)
+    proposals = model.propose(batch.images, batch.im_info, batch.orig_sizes, precision="fp32")
     for want, scores, got, resized, image in zip(expected_proposals, expected_scores, proposals,
                                                  image_list.image_sizes, inputs):
         ratio = torch.tensor(image.shape[-2:], dtype=torch.float32) / torch.tensor(resized, dtype=torch.float32)

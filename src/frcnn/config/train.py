@@ -46,7 +46,7 @@ class TrainConfig:
     batch_size: int = 4
     epochs: float | None = None
     max_iters: int | None = None
-    max_minutes: float | None = 10.5
+    max_minutes: float | None = 10.25
     lr: float = 0.04
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -63,7 +63,7 @@ class TrainConfig:
     num_workers: int = 0
     eval_batch_size: int = 2
     eval_every: int | None = None
-    eval_minutes: float | None = 3.0
+    eval_minutes: float | None = 4.0
     eval_images: int | None = 100
     best_metric: str = "voc07_map"
     patience: int | None = None
