@@ -46,7 +46,7 @@ class TrainConfig:
     batch_size: int = 4
     epochs: float | None = None
     max_iters: int | None = None
-    max_minutes: float | None = 10.25
+    max_minutes: float | None = 10.5
     lr: float = 0.04
     momentum: float = 0.9
     weight_decay: float = 1e-4
