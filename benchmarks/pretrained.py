@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP, as in train_step.py
 import torch
 from torch import nn
 from torchvision.models import detection
