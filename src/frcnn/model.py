@@ -15,7 +15,15 @@ from .backbones import build_backbone
 from .checkpoint import Checkpoint, load_weights
 from .config import BackboneConfig, ModelConfig, default_config
 from .detection import Detections, detect_boxes, unpad
-from .precision import active_precision, autocast, float32_region, memory_format, resolve_precision, widened
+from .precision import (
+    active_precision,
+    autocast,
+    float32_region,
+    memory_format,
+    resolve_precision,
+    widened,
+    widened_dtype,
+)
 from .preprocess import PreprocessedBatch, as_image_tensor, box_scale, preprocess_images
 from .pretrained import read_checkpoint, torchvision_weights
 from .roi import RoIHead, RoIPooler, box_head, fast_rcnn_losses, sample_rois
@@ -223,7 +231,7 @@ class FasterRCNN(nn.Module):
         for base, feature, stride in zip(self.base_anchors, features, self.backbone.strides):
             height, width = feature.shape[-2:]
             strides = cell_strides(rule, stride, image_size, (height, width))
-            dtype = torch.promote_types(feature.dtype, torch.float32)  # never the features' bf16 / fp16
+            dtype = widened_dtype(feature.dtype)  # never the features' bf16 / fp16
             if torch.jit.is_tracing():  # sizes are graph values: no cache keyed by them
                 grids.append(AnchorGrid(base.to(feature.device, dtype), height, width, strides))
             else:

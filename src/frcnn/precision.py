@@ -76,10 +76,16 @@ def float32_region(device: torch.device) -> AbstractContextManager:
     return torch.autocast(device.type, enabled=False) if torch.is_autocast_enabled(device.type) else nullcontext()
 
 
+def widened_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for a low precision (bf16, fp16), ``dtype`` itself otherwise: what anchors, box
+    coordinates and sampling positions are computed in beside features of ``dtype``."""
+    return torch.float32 if dtype in _LOW.values() else dtype
+
+
 def widened(tensor: Tensor) -> Tensor:
-    """``tensor`` in float32 when it is in a low precision (bf16, fp16); itself otherwise (so
-    float32 and float64 pass untouched)."""
-    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
+    """``tensor`` in ``widened_dtype`` (itself, uncopied, when that is its own: float32 and
+    float64 pass untouched)."""
+    return tensor.to(widened_dtype(tensor.dtype))
 
 
 def memory_format(precision: str, device: torch.device, training: bool) -> torch.memory_format:

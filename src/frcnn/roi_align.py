@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .precision import widened_dtype
+
 
 def axis_samples(start: Tensor, length: Tensor, output_size: int, sampling_ratio: int,
                  size: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -51,13 +53,6 @@ def _axis_cells(start: Tensor, length: Tensor, output_size: int, sampling_ratio:
     return cells, weights
 
 
-def geometry_dtype(features: Tensor) -> torch.dtype:
-    """The dtype the sampling positions are computed in: the features' float32 or float64, float32
-    for bf16 / fp16 features (whose 8 or 11 bits would place samples a cell or more off in a large
-    map); the weights then take the features' dtype."""
-    return torch.promote_types(features.dtype, torch.float32)
-
-
 def roi_extents(boxes: Tensor, spatial_scale: float, aligned: bool) -> tuple[Tensor, Tensor]:
     """boxes (B, R, 4) in image coordinates -> starts (B, R, 2) and lengths (B, R, 2), (x, y), in
     feature cells: aligned boxes are shifted by -0.5 cells; unaligned ones are not, and span at
@@ -81,7 +76,9 @@ def gather_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_
     size = output_size
     if image is None:
         image = torch.arange(batch, device=boxes.device)[:, None].expand(boxes.shape[:2])
-    starts, lengths = roi_extents(boxes.detach().to(geometry_dtype(features)), spatial_scale, aligned)
+    # Sampling positions in float32 beside bf16 / fp16 features, whose 8 or 11 bits would place
+    # samples a cell or more off in a large map; only the weights take the features' dtype.
+    starts, lengths = roi_extents(boxes.detach().to(widened_dtype(features.dtype)), spatial_scale, aligned)
     rows, weights_y = _axis_cells(starts[..., 1], lengths[..., 1], size, sampling_ratio, height)
     columns, weights_x = _axis_cells(starts[..., 0], lengths[..., 0], size, sampling_ratio, width)
     # (..., S, S, 2 sampling_ratio, 2 sampling_ratio): rows of the (B H W, C) table and weights.
@@ -172,7 +169,7 @@ def dense_roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_s
     eagerly, whole in a trace, whose sizes are the graph's); it has no gradient for the boxes.
     """
     height, width = features.shape[-2:]
-    starts, lengths = roi_extents(boxes.detach().to(geometry_dtype(features)), spatial_scale, aligned)
+    starts, lengths = roi_extents(boxes.detach().to(widened_dtype(features.dtype)), spatial_scale, aligned)
     weights_y = axis_weights(starts[..., 1], lengths[..., 1], output_size, sampling_ratio, height).to(features.dtype)
     weights_x = axis_weights(starts[..., 0], lengths[..., 0], output_size, sampling_ratio, width).to(features.dtype)
     if torch.jit.is_tracing():
